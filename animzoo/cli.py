@@ -130,8 +130,11 @@ def _run_synth(args: argparse.Namespace) -> int:
             clips_per_identity=args.clips_per_identity, test_fraction=args.test_fraction,
             video_format=args.video_format, fps=args.fps, progress=report,
         )
-    console.print(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in summary.items()
-                                                if isinstance(v, (int, float, str))))
+    console.print(
+        f"wrote {summary['videos']} videos ({summary['train_videos']} train, "
+        f"{summary['test_videos']} test) of {args.frames} frames at {args.size} px "
+        f"and {summary['pairs']} cross-identity pairs to {out} in {summary['seconds']:.1f} s"
+    )
     return 0
 
 

@@ -1,0 +1,489 @@
+"""Sidecar files next to a video: facial landmarks and 3D face meshes.
+
+On disk (pixel units of the video's own frames, pixel centre ``i`` at value ``i``):
+
+- ``<video>.landmarks.npy``: ``T x L x 2`` float32, x then y.
+- ``<video>.mesh.npz``: ``verts`` ``T x V x 3`` float32 (x, y in pixels, z depth in the
+  same pixel scale as x, smaller = nearer), ``faces`` ``F x 3`` int, optional ``flip_index``
+  ``V`` int (the vertex that mirrors each vertex left/right), optional ``param_*`` arrays
+  (per-frame fitting parameters, e.g. ``param_expression`` ``T x n``).
+
+For a folder of frames ``clip/`` the sidecars sit beside the folder: ``clip.landmarks.npy``.
+
+In memory the coordinates are normalised to ``[-1, 1]`` with the align_corners=True rule
+(pixel centre ``i`` of an axis of ``n`` pixels maps to ``2 * i / (n - 1) - 1``); see
+:func:`pixel_to_normalized`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+
+from animzoo.errors import SidecarError
+
+__all__ = [
+    "LANDMARKS_SUFFIX",
+    "MESH_SUFFIX",
+    "SidecarKind",
+    "MeshSidecar",
+    "landmarks_path",
+    "mesh_path",
+    "sidecar_path",
+    "sidecar_fix",
+    "load_landmarks",
+    "open_landmarks",
+    "validate_landmarks",
+    "load_mesh",
+    "validate_mesh",
+    "save_landmarks",
+    "save_mesh",
+    "pixel_to_normalized",
+    "normalized_to_pixel",
+    "mesh_pixel_to_normalized",
+    "mesh_normalized_to_pixel",
+]
+
+LANDMARKS_SUFFIX = ".landmarks.npy"
+MESH_SUFFIX = ".mesh.npz"
+
+SidecarKind = Literal["landmarks", "mesh"]
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def landmarks_path(video: str | os.PathLike[str]) -> Path:
+    """The landmarks sidecar of ``video`` (a file, or a folder of frames: then beside the folder)."""
+    # Path() drops a trailing slash, so "clip/" -> "clip.landmarks.npy" beside the folder.
+    return Path(str(Path(video)) + LANDMARKS_SUFFIX)
+
+
+def mesh_path(video: str | os.PathLike[str]) -> Path:
+    """The mesh sidecar of ``video`` (``<video>.mesh.npz``)."""
+    return Path(str(Path(video)) + MESH_SUFFIX)
+
+
+def sidecar_path(video: str | os.PathLike[str], kind: SidecarKind) -> Path:
+    """The sidecar of ``kind`` (``"landmarks"`` or ``"mesh"``) for ``video``."""
+    if kind == "landmarks":
+        return landmarks_path(video)
+    if kind == "mesh":
+        return mesh_path(video)
+    raise ValueError(f"unknown sidecar kind {kind!r}; expected 'landmarks' or 'mesh'")
+
+
+def sidecar_fix(kind: SidecarKind, root: str | os.PathLike[str] | None = None) -> str:
+    """How to create a missing sidecar of ``kind`` for the dataset at ``root``."""
+    where = str(root) if root is not None else "ROOT"
+    if kind == "landmarks":
+        return (
+            f"create it with `animzoo data annotate --landmarks <backend> {where}` "
+            "(or convert a detector's output, see docs/data.md)"
+        )
+    return (
+        "fit meshes with an external fitter (e.g. DECA/FLAME) and convert them with "
+        "animzoo.data.annotations.save_mesh, see docs/data.md "
+        "(synthetic datasets from `animzoo data synth` ship meshes)"
+    )
+
+
+# --------------------------------------------------------------------------- coordinates
+
+
+def pixel_to_normalized(xy: ArrayT, size: tuple[int, int]) -> ArrayT:
+    """Pixel coordinates ``... x 2`` (x, y) -> ``[-1, 1]`` for an image of ``size = (H, W)``.
+
+    align_corners=True rule: pixel centre ``i`` of an axis of ``n`` pixels -> ``2 i / (n - 1) - 1``.
+    Works on numpy arrays and torch tensors alike (same type out).
+    """
+    height, width = size
+    # max(n - 1, 1): a 1-pixel axis maps its only centre to -1 instead of dividing by zero.
+    sx = 2.0 / max(width - 1, 1)
+    sy = 2.0 / max(height - 1, 1)
+    x = xy[..., 0] * sx - 1.0
+    y = xy[..., 1] * sy - 1.0
+    if isinstance(xy, torch.Tensor):
+        return torch.stack([x, y], dim=-1)
+    return np.stack([x, y], axis=-1).astype(xy.dtype if xy.dtype.kind == "f" else np.float32)
+
+
+def normalized_to_pixel(xy: ArrayT, size: tuple[int, int]) -> ArrayT:
+    """Inverse of :func:`pixel_to_normalized`: ``... x 2`` in ``[-1, 1]`` -> pixels."""
+    height, width = size
+    x = (xy[..., 0] + 1.0) * (max(width - 1, 1) / 2.0)
+    y = (xy[..., 1] + 1.0) * (max(height - 1, 1) / 2.0)
+    if isinstance(xy, torch.Tensor):
+        return torch.stack([x, y], dim=-1)
+    return np.stack([x, y], axis=-1).astype(xy.dtype if xy.dtype.kind == "f" else np.float32)
+
+
+def mesh_pixel_to_normalized(verts: ArrayT, size: tuple[int, int]) -> ArrayT:
+    """Mesh vertices ``... x 3`` in pixels (x, y, z) -> normalised.
+
+    x and y follow :func:`pixel_to_normalized`; z is scaled like x (factor ``2 / (W - 1)``),
+    without an offset, so depth keeps its proportions relative to the image width.
+    """
+    width = size[1]
+    xy = pixel_to_normalized(verts[..., :2], size)
+    z = verts[..., 2:3] * (2.0 / max(width - 1, 1))
+    if isinstance(verts, torch.Tensor):
+        return torch.cat([xy, z], dim=-1)
+    return np.concatenate([xy, z.astype(xy.dtype)], axis=-1)
+
+
+def mesh_normalized_to_pixel(verts: ArrayT, size: tuple[int, int]) -> ArrayT:
+    """Inverse of :func:`mesh_pixel_to_normalized`."""
+    width = size[1]
+    xy = normalized_to_pixel(verts[..., :2], size)
+    z = verts[..., 2:3] * (max(width - 1, 1) / 2.0)
+    if isinstance(verts, torch.Tensor):
+        return torch.cat([xy, z], dim=-1)
+    return np.concatenate([xy, z.astype(xy.dtype)], axis=-1)
+
+
+# --------------------------------------------------------------------------- landmarks
+
+
+def _frames_text(indices: Sequence[int] | np.ndarray, limit: int = 10) -> str:
+    indices = [int(i) for i in indices]
+    shown = ", ".join(str(i) for i in indices[:limit])
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return f"{shown}{more}"
+
+
+def _nonfinite_frames(arr: np.ndarray) -> np.ndarray:
+    """Indices along axis 0 of ``arr`` whose entries are not all finite."""
+    flat = np.asarray(arr).reshape(arr.shape[0], -1)
+    return np.flatnonzero(~np.isfinite(flat).all(axis=1))
+
+
+def validate_landmarks(
+    landmarks: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    landmark_count: int | None = None,
+    frame_indices: Sequence[int] | np.ndarray | None = None,
+    check_values: bool = True,
+) -> None:
+    """Check a landmarks array (``T x L x 2``) and raise :class:`SidecarError` naming ``path``.
+
+    Args:
+        landmarks: the array as loaded (or some of its frames).
+        path: the sidecar file, for the message.
+        num_frames: the video's frame count; ``T`` must equal it.
+        landmark_count: the dataset's expected ``L``.
+        frame_indices: the video frame of each row of ``landmarks`` (when checking a
+            selection of frames), so that reported frame indices are the video's.
+        check_values: also refuse NaN / inf.
+    """
+    path = Path(path)
+    if landmarks.dtype.kind not in "fiu":
+        raise SidecarError(
+            f"{path}: landmarks have dtype {landmarks.dtype}, expected float32 pixel coordinates; "
+            "rewrite it with animzoo.data.annotations.save_landmarks"
+        )
+    if landmarks.ndim != 3 or landmarks.shape[2] != 2:
+        raise SidecarError(
+            f"{path}: landmarks have shape {tuple(landmarks.shape)}, expected T x L x 2 "
+            "(frames x points x (x, y) in pixels); rewrite it with "
+            "animzoo.data.annotations.save_landmarks"
+        )
+    if num_frames is not None and landmarks.shape[0] != num_frames:
+        raise SidecarError(
+            f"{path}: has landmarks for {landmarks.shape[0]} frames but its video has "
+            f"{num_frames} frames; regenerate the sidecar for this video "
+            "(`animzoo data annotate --landmarks <backend> ROOT`)"
+        )
+    if landmark_count is not None and landmarks.shape[1] != landmark_count:
+        raise SidecarError(
+            f"{path}: has {landmarks.shape[1]} landmarks per frame but the dataset expects "
+            f"{landmark_count}; annotate every video with the same detector, or set "
+            "landmark_count to match"
+        )
+    if check_values and landmarks.dtype.kind == "f":
+        bad = _nonfinite_frames(landmarks)
+        if bad.size:
+            if frame_indices is not None:
+                bad = np.asarray(frame_indices)[bad]
+            raise SidecarError(
+                f"{path}: NaN or inf landmark coordinates in frame(s) "
+                f"{_frames_text(bad)}; re-run the detector on those frames, "
+                "interpolate from neighbouring frames, or drop the video"
+            )
+
+
+def _missing_sidecar(path: Path, kind: SidecarKind) -> SidecarError:
+    return SidecarError(f"{path}: {kind} sidecar not found; {sidecar_fix(kind)}")
+
+
+def open_landmarks(path: str | os.PathLike[str]) -> np.ndarray:
+    """Memory-map a landmarks sidecar without reading its values (cheap: header only).
+
+    Returns the array (``T x L x 2``) backed by the file; index it to read frames.
+    Raises :class:`SidecarError` when the file is missing or not a valid ``.npy``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_sidecar(path, "landmarks")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:  # numpy raises ValueError / OSError / EOFError for broken files
+        raise SidecarError(
+            f"{path}: not a readable .npy landmarks file ({err}); regenerate it with "
+            "`animzoo data annotate --landmarks <backend> ROOT`"
+        ) from err
+
+
+def load_landmarks(
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    landmark_count: int | None = None,
+) -> np.ndarray:
+    """Load and validate a landmarks sidecar.
+
+    Returns:
+        ``T x L x 2`` float32 array in pixel coordinates.
+    Raises:
+        SidecarError: missing / unreadable file, wrong shape, ``T != num_frames``,
+            ``L != landmark_count``, NaN or inf values (naming the frames).
+    """
+    arr = np.asarray(open_landmarks(path))
+    validate_landmarks(arr, path, num_frames=num_frames, landmark_count=landmark_count)
+    return arr.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- meshes
+
+
+@dataclass
+class MeshSidecar:
+    """A mesh sidecar in memory (pixel units).
+
+    Attributes:
+        verts: ``T x V x 3`` float32 (x, y pixels; z depth in the scale of x).
+        faces: ``F x 3`` int64 vertex indices, wound so that front faces have negative
+            screen-space signed area (see INTERFACES.md).
+        flip_index: ``V`` int64, the left/right mirror partner of every vertex, or ``None``.
+        params: optional per-frame fitting parameters (keys without the ``param_`` prefix).
+    """
+
+    verts: np.ndarray
+    faces: np.ndarray
+    flip_index: np.ndarray | None = None
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.verts.shape[0])
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.verts.shape[1])
+
+
+def validate_mesh(
+    mesh: MeshSidecar,
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    check_values: bool = True,
+) -> None:
+    """Check a mesh sidecar and raise :class:`SidecarError` naming ``path`` and the fix."""
+    path = Path(path)
+    fix = "rewrite it with animzoo.data.annotations.save_mesh (see docs/data.md)"
+    verts, faces = mesh.verts, mesh.faces
+    if verts.dtype.kind not in "fiu" or verts.ndim != 3 or verts.shape[2] != 3:
+        raise SidecarError(
+            f"{path}: 'verts' has shape {tuple(verts.shape)} / dtype {verts.dtype}, expected "
+            f"T x V x 3 float (pixel x, y and depth z); {fix}"
+        )
+    if num_frames is not None and verts.shape[0] != num_frames:
+        raise SidecarError(
+            f"{path}: has meshes for {verts.shape[0]} frames but its video has {num_frames} "
+            f"frames; re-fit or re-export the meshes for this video; {fix}"
+        )
+    if faces.dtype.kind not in "iu" or faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise SidecarError(
+            f"{path}: 'faces' has shape {tuple(faces.shape)} / dtype {faces.dtype}, expected "
+            f"F x 3 integer vertex indices (F > 0); {fix}"
+        )
+    num_vertices = verts.shape[1]
+    if faces.min() < 0 or faces.max() >= num_vertices:
+        raise SidecarError(
+            f"{path}: 'faces' index vertices {int(faces.min())}..{int(faces.max())} but the mesh "
+            f"has {num_vertices} vertices (valid: 0..{num_vertices - 1}); {fix}"
+        )
+    if mesh.flip_index is not None:
+        flip = mesh.flip_index
+        if (
+            flip.dtype.kind not in "iu"
+            or flip.shape != (num_vertices,)
+            or not np.array_equal(np.sort(flip), np.arange(num_vertices))
+        ):
+            raise SidecarError(
+                f"{path}: 'flip_index' must be a permutation of 0..{num_vertices - 1} "
+                f"(shape ({num_vertices},), integers), got shape {tuple(flip.shape)}; "
+                f"{fix}, or leave flip_index out to disable horizontal flips of meshes"
+            )
+    if check_values and verts.dtype.kind == "f":
+        bad = _nonfinite_frames(verts)
+        if bad.size:
+            raise SidecarError(
+                f"{path}: NaN or inf vertex coordinates in frame(s) {_frames_text(bad)}; "
+                "re-fit those frames or drop the video"
+            )
+
+
+def load_mesh(
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    frames: Sequence[int] | None = None,
+    validate: bool = True,
+) -> MeshSidecar:
+    """Load (and by default validate) a mesh sidecar.
+
+    Args:
+        path: the ``.mesh.npz`` file.
+        num_frames: the video's frame count; ``verts`` must have this many frames.
+        frames: keep only these frames of ``verts`` / per-frame params (after validation of
+            the shape; values are checked on the kept frames only).
+        validate: run :func:`validate_mesh`.
+    Returns:
+        :class:`MeshSidecar` with float32 ``verts`` and int64 ``faces`` / ``flip_index``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_sidecar(path, "mesh")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            missing = {"verts", "faces"} - keys
+            if missing:
+                raise SidecarError(
+                    f"{path}: mesh sidecar lacks the key(s) {sorted(missing)} (has {sorted(keys)}); "
+                    "it needs 'verts' (T x V x 3) and 'faces' (F x 3); rewrite it with "
+                    "animzoo.data.annotations.save_mesh (see docs/data.md)"
+                )
+            verts = npz["verts"]
+            faces = npz["faces"]
+            flip = npz["flip_index"] if "flip_index" in keys else None
+            params = {k[len("param_"):]: npz[k] for k in sorted(keys) if k.startswith("param_")}
+    except SidecarError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise SidecarError(
+            f"{path}: not a readable .npz mesh file ({err}); re-export it with "
+            "animzoo.data.annotations.save_mesh (see docs/data.md)"
+        ) from err
+    mesh = MeshSidecar(verts=verts, faces=faces, flip_index=flip, params=params)
+    if validate:
+        # Values are checked after selecting frames so a loader pays only for what it reads.
+        validate_mesh(mesh, path, num_frames=num_frames, check_values=frames is None)
+    if frames is not None:
+        idx = np.asarray(list(frames), dtype=np.int64)
+        mesh.verts = mesh.verts[idx]
+        t = verts.shape[0]
+        mesh.params = {
+            k: (v[idx] if v.ndim >= 1 and v.shape[0] == t else v) for k, v in mesh.params.items()
+        }
+        if validate and mesh.verts.dtype.kind == "f":
+            bad = _nonfinite_frames(mesh.verts)
+            if bad.size:
+                raise SidecarError(
+                    f"{path}: NaN or inf vertex coordinates in frame(s) "
+                    f"{_frames_text(idx[bad])}; re-fit those frames or drop the video"
+                )
+    mesh.verts = mesh.verts.astype(np.float32, copy=False)
+    mesh.faces = mesh.faces.astype(np.int64, copy=False)
+    if mesh.flip_index is not None:
+        mesh.flip_index = mesh.flip_index.astype(np.int64, copy=False)
+    return mesh
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def save_landmarks(
+    path: str | os.PathLike[str],
+    landmarks: np.ndarray | torch.Tensor,
+    *,
+    num_frames: int | None = None,
+) -> Path:
+    """Atomically write ``landmarks`` (``T x L x 2`` pixel coordinates) as float32 ``.npy``.
+
+    ``path`` is the sidecar path; pass a video path through :func:`landmarks_path` first.
+    The array is validated (shape, finite values, ``num_frames``) before anything is written.
+    """
+    path = Path(path)
+    arr = _as_numpy(landmarks).astype(np.float32)
+    validate_landmarks(arr, path, num_frames=num_frames)
+    return _atomic_write(path, lambda handle: np.save(handle, arr, allow_pickle=False))
+
+
+def save_mesh(
+    path: str | os.PathLike[str],
+    verts: np.ndarray | torch.Tensor,
+    faces: np.ndarray | torch.Tensor,
+    *,
+    flip_index: np.ndarray | torch.Tensor | None = None,
+    params: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+    num_frames: int | None = None,
+) -> Path:
+    """Atomically write a mesh sidecar (``.npz``, uncompressed so it loads fast).
+
+    Args:
+        path: the sidecar path (see :func:`mesh_path`).
+        verts: ``T x V x 3`` pixel x, y and depth z (scale of x; smaller z = nearer).
+        faces: ``F x 3`` vertex indices, front faces with negative screen-space signed area.
+        flip_index: ``V`` mirror partner per vertex (enables horizontal-flip augmentation).
+        params: per-frame fitting parameters, stored as ``param_<name>``.
+        num_frames: the video's frame count, checked against ``T``.
+    """
+    path = Path(path)
+    mesh = MeshSidecar(
+        verts=_as_numpy(verts).astype(np.float32),
+        faces=_as_numpy(faces).astype(np.int64),
+        flip_index=None if flip_index is None else _as_numpy(flip_index).astype(np.int64),
+        params={k: _as_numpy(v) for k, v in (params or {}).items()},
+    )
+    validate_mesh(mesh, path, num_frames=num_frames)
+    arrays: dict[str, np.ndarray] = {"verts": mesh.verts, "faces": mesh.faces}
+    if mesh.flip_index is not None:
+        arrays["flip_index"] = mesh.flip_index
+    for name, value in mesh.params.items():
+        arrays[f"param_{name}"] = value
+    return _atomic_write(path, lambda handle: np.savez(handle, **arrays))
