@@ -23,12 +23,18 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import torch
 
 from animzoo.errors import SidecarError
+from animzoo.geometry.grid import (
+    mesh_normalized_to_pixel,
+    mesh_pixel_to_normalized,
+    normalized_to_pixel,
+    pixel_to_normalized,
+)
 
 __all__ = [
     "LANDMARKS_SUFFIX",
@@ -56,9 +62,6 @@ LANDMARKS_SUFFIX = ".landmarks.npy"
 MESH_SUFFIX = ".mesh.npz"
 
 SidecarKind = Literal["landmarks", "mesh"]
-
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
 
 # --------------------------------------------------------------------------- paths
 
@@ -99,57 +102,6 @@ def sidecar_fix(kind: SidecarKind, root: str | os.PathLike[str] | None = None) -
 
 
 # --------------------------------------------------------------------------- coordinates
-
-
-def pixel_to_normalized(xy: ArrayT, size: tuple[int, int]) -> ArrayT:
-    """Pixel coordinates ``... x 2`` (x, y) -> ``[-1, 1]`` for an image of ``size = (H, W)``.
-
-    align_corners=True rule: pixel centre ``i`` of an axis of ``n`` pixels -> ``2 i / (n - 1) - 1``.
-    Works on numpy arrays and torch tensors alike (same type out).
-    """
-    height, width = size
-    # max(n - 1, 1): a 1-pixel axis maps its only centre to -1 instead of dividing by zero.
-    sx = 2.0 / max(width - 1, 1)
-    sy = 2.0 / max(height - 1, 1)
-    x = xy[..., 0] * sx - 1.0
-    y = xy[..., 1] * sy - 1.0
-    if isinstance(xy, torch.Tensor):
-        return torch.stack([x, y], dim=-1)
-    return np.stack([x, y], axis=-1).astype(xy.dtype if xy.dtype.kind == "f" else np.float32)
-
-
-def normalized_to_pixel(xy: ArrayT, size: tuple[int, int]) -> ArrayT:
-    """Inverse of :func:`pixel_to_normalized`: ``... x 2`` in ``[-1, 1]`` -> pixels."""
-    height, width = size
-    x = (xy[..., 0] + 1.0) * (max(width - 1, 1) / 2.0)
-    y = (xy[..., 1] + 1.0) * (max(height - 1, 1) / 2.0)
-    if isinstance(xy, torch.Tensor):
-        return torch.stack([x, y], dim=-1)
-    return np.stack([x, y], axis=-1).astype(xy.dtype if xy.dtype.kind == "f" else np.float32)
-
-
-def mesh_pixel_to_normalized(verts: ArrayT, size: tuple[int, int]) -> ArrayT:
-    """Mesh vertices ``... x 3`` in pixels (x, y, z) -> normalised.
-
-    x and y follow :func:`pixel_to_normalized`; z is scaled like x (factor ``2 / (W - 1)``),
-    without an offset, so depth keeps its proportions relative to the image width.
-    """
-    width = size[1]
-    xy = pixel_to_normalized(verts[..., :2], size)
-    z = verts[..., 2:3] * (2.0 / max(width - 1, 1))
-    if isinstance(verts, torch.Tensor):
-        return torch.cat([xy, z], dim=-1)
-    return np.concatenate([xy, z.astype(xy.dtype)], axis=-1)
-
-
-def mesh_normalized_to_pixel(verts: ArrayT, size: tuple[int, int]) -> ArrayT:
-    """Inverse of :func:`mesh_pixel_to_normalized`."""
-    width = size[1]
-    xy = normalized_to_pixel(verts[..., :2], size)
-    z = verts[..., 2:3] * (max(width - 1, 1) / 2.0)
-    if isinstance(verts, torch.Tensor):
-        return torch.cat([xy, z], dim=-1)
-    return np.concatenate([xy, z.astype(xy.dtype)], axis=-1)
 
 
 # --------------------------------------------------------------------------- landmarks
@@ -275,7 +227,7 @@ class MeshSidecar:
     Attributes:
         verts: ``T x V x 3`` float32 (x, y pixels; z depth in the scale of x).
         faces: ``F x 3`` int64 vertex indices, wound so that front faces have negative
-            screen-space signed area (see INTERFACES.md).
+            screen-space signed area (see docs/index.md, "Conventions").
         flip_index: ``V`` int64, the left/right mirror partner of every vertex, or ``None``.
         params: optional per-frame fitting parameters (keys without the ``param_`` prefix).
     """
@@ -431,6 +383,16 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
+def _write_npz(handle, arrays: Mapping[str, np.ndarray]) -> None:
+    """An uncompressed ``.npz`` with fixed zip timestamps: ``np.savez`` stamps the current time,
+    which would make two writes of the same mesh differ in bytes."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+
+
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
@@ -476,8 +438,8 @@ def save_mesh(
     path = Path(path)
     mesh = MeshSidecar(
         verts=_as_numpy(verts).astype(np.float32),
-        faces=_as_numpy(faces).astype(np.int64),
-        flip_index=None if flip_index is None else _as_numpy(flip_index).astype(np.int64),
+        faces=_as_numpy(faces).astype(np.int32),
+        flip_index=None if flip_index is None else _as_numpy(flip_index).astype(np.int32),
         params={k: _as_numpy(v) for k, v in (params or {}).items()},
     )
     validate_mesh(mesh, path, num_frames=num_frames)
@@ -486,4 +448,4 @@ def save_mesh(
         arrays["flip_index"] = mesh.flip_index
     for name, value in mesh.params.items():
         arrays[f"param_{name}"] = value
-    return _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    return _atomic_write(path, lambda handle: _write_npz(handle, arrays))

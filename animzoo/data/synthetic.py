@@ -25,9 +25,7 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from animzoo.data.annotations import landmarks_path, mesh_path, save_landmarks, save_mesh
 from animzoo.errors import AnimzooInputError
+from animzoo.geometry.grid import mesh_normalized_to_pixel
 from animzoo.geometry.heads import HeadParams, ProceduralHead, sample_identity, sample_motion
 
 __all__ = ["GENERATOR_VERSION", "synthesize", "render_clip", "random_background"]
@@ -116,34 +116,6 @@ def render_clip(
     )
     image = image * tint[None, :, None, None] + (1 - mask) * background[None]
     return image.clamp(0, 1), verts
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """An uncompressed ``.npz`` with fixed zip timestamps (``np.savez`` stamps the current time)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zf:
-            for name, value in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                buf = _stdio.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(value), allow_pickle=False)
-                zf.writestr(info, buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_args(out_dir: Path, videos: int, frames: int, size: int, clips_per_identity: int,
@@ -248,7 +220,6 @@ def _synthesize(out: Path, videos: int, frames: int, size: int, seed: int, clips
     head = ProceduralHead()
     faces = head.faces.numpy().astype(np.int32)
     flip = head.vertex_flip_index.numpy().astype(np.int32)
-    scale = np.array([(size - 1) / 2] * 3, dtype=np.float64)
     identities: dict[int, Tensor] = {}
     written: dict[str, list[str]] = {"train": [], "test": []}
     for v in range(videos):
@@ -263,14 +234,13 @@ def _synthesize(out: Path, videos: int, frames: int, size: int, seed: int, clips
         name = f"id{ident_idx:04d}#clip{clip:02d}" + (".mp4" if video_format == "mp4" else "")
         video_path = out / split / name
         write_video(video_path, image, fps=fps)
-        # Pixel coordinates: align_corners=True puts pixel centre i at normalised 2 i / (n - 1) - 1.
-        verts_pix = (verts.double().numpy() + np.array([1.0, 1.0, 0.0])) * scale
-        verts_pix = verts_pix.astype(np.float32)
-        landmarks = np.ascontiguousarray(verts_pix[:, head.landmark_indices.numpy(), :2])
-        _write_npy(Path(f"{video_path}.landmarks.npy"), landmarks)
-        mesh = {"verts": verts_pix, "faces": faces, "flip_index": flip}
-        mesh.update(params.to_dict(prefix="param_"))
-        _write_npz(Path(f"{video_path}.mesh.npz"), mesh)
+        verts_pix = mesh_normalized_to_pixel(verts.double().numpy(), (size, size)).astype(np.float32)
+        landmarks = verts_pix[:, head.landmark_indices.numpy(), :2]
+        save_landmarks(landmarks_path(video_path), landmarks, num_frames=frames)
+        save_mesh(
+            mesh_path(video_path), verts_pix, faces, flip_index=flip,
+            params=params.to_dict(prefix=""), num_frames=frames,
+        )
         written[split].append(f"{split}/{name}")
         if progress is not None:
             progress(v + 1, videos)

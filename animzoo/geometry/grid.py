@@ -1,6 +1,6 @@
 """Coordinate grids, pixel <-> normalised conversion and warping.
 
-Convention (INTERFACES.md): normalised coordinates are (x, y) in [-1, 1] with
+Convention (docs/index.md, "Conventions"): normalised coordinates are (x, y) in [-1, 1] with
 ``align_corners=True``: pixel centre ``i`` of an axis of ``n`` pixels sits at ``2 i / (n - 1) - 1``.
 x grows right, y grows down, exactly as :func:`torch.nn.functional.grid_sample` with
 ``align_corners=True`` reads them. A *flow* is a B x 2 x H x W displacement in normalised units;
@@ -9,8 +9,9 @@ the sampling grid is identity + flow.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,6 +20,8 @@ __all__ = [
     "make_coordinate_grid",
     "pixel_to_normalized",
     "normalized_to_pixel",
+    "mesh_pixel_to_normalized",
+    "mesh_normalized_to_pixel",
     "flow_to_grid",
     "grid_to_flow",
     "warp",
@@ -28,6 +31,7 @@ __all__ = [
 
 SampleMode = Literal["bilinear", "nearest"]
 PaddingMode = Literal["zeros", "border", "reflection"]
+ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
 
 
 def _axis(n: int, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
@@ -58,15 +62,24 @@ def make_coordinate_grid(
     return torch.stack([x.expand(height, width), y[:, None].expand(height, width)], dim=-1)
 
 
-def _scale(size: tuple[int, int], like: Tensor) -> Tensor:
+def _half_extent(size: tuple[int, int]) -> tuple[float, float]:
     height, width = size
     if height < 2 or width < 2:
         raise ValueError(f"size must be at least (2, 2) to convert coordinates, got {tuple(size)}")
-    return torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=like.dtype, device=like.device)
+    return (width - 1) / 2.0, (height - 1) / 2.0
 
 
-def pixel_to_normalized(xy: Tensor, size: tuple[int, int]) -> Tensor:
+def _stack_last(parts: list, like: ArrayOrTensor) -> ArrayOrTensor:
+    if isinstance(like, Tensor):
+        return torch.stack(parts, dim=-1)
+    return np.stack(parts, axis=-1)
+
+
+def pixel_to_normalized(xy: ArrayOrTensor, size: tuple[int, int]) -> ArrayOrTensor:
     """Pixel coordinates (pixel centre i at value i) -> normalised [-1, 1].
+
+    Works on torch tensors and numpy arrays alike (same type out), so sidecars on disk and
+    tensors in a batch go through one definition of the convention.
 
     Args:
         xy: ... x 2 float, (x, y) in pixels.
@@ -75,12 +88,34 @@ def pixel_to_normalized(xy: Tensor, size: tuple[int, int]) -> Tensor:
     Returns:
         ... x 2, ``x_n = 2 x / (W - 1) - 1``, ``y_n = 2 y / (H - 1) - 1``.
     """
-    return xy / _scale(size, xy) - 1.0
+    sx, sy = _half_extent(size)
+    return _stack_last([xy[..., 0] / sx - 1.0, xy[..., 1] / sy - 1.0], xy)
 
 
-def normalized_to_pixel(xy: Tensor, size: tuple[int, int]) -> Tensor:
+def normalized_to_pixel(xy: ArrayOrTensor, size: tuple[int, int]) -> ArrayOrTensor:
     """Inverse of :func:`pixel_to_normalized`: ... x 2 normalised -> ... x 2 pixels."""
-    return (xy + 1.0) * _scale(size, xy)
+    sx, sy = _half_extent(size)
+    return _stack_last([(xy[..., 0] + 1.0) * sx, (xy[..., 1] + 1.0) * sy], xy)
+
+
+def mesh_pixel_to_normalized(verts: ArrayOrTensor, size: tuple[int, int]) -> ArrayOrTensor:
+    """Mesh vertices ... x 3 in pixels (x, y, depth z) -> normalised.
+
+    x and y follow :func:`pixel_to_normalized`; z is scaled like x (factor ``2 / (W - 1)``)
+    without an offset, so depth keeps its proportions relative to the image width.
+    """
+    sx, sy = _half_extent(size)
+    return _stack_last(
+        [verts[..., 0] / sx - 1.0, verts[..., 1] / sy - 1.0, verts[..., 2] / sx], verts
+    )
+
+
+def mesh_normalized_to_pixel(verts: ArrayOrTensor, size: tuple[int, int]) -> ArrayOrTensor:
+    """Inverse of :func:`mesh_pixel_to_normalized`."""
+    sx, sy = _half_extent(size)
+    return _stack_last(
+        [(verts[..., 0] + 1.0) * sx, (verts[..., 1] + 1.0) * sy, verts[..., 2] * sx], verts
+    )
 
 
 def flow_to_grid(flow: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Morphable 3D heads: the :class:`MorphableHead` protocol and the built-in :class:`ProceduralHead`.
 
-Conventions (INTERFACES.md): image space has x right, y down (normalised, ``align_corners=True``)
+Conventions (docs/index.md, "Conventions"): image space has x right, y down (normalised, ``align_corners=True``)
 and z = depth into the screen (smaller is nearer); faces are wound so that the right-hand normal
 points out of the surface.
 

@@ -282,7 +282,7 @@ def rasterize(
         faces: F x 3 integer vertex indices, shared by the batch.
         image_size: (H, W), both >= 2.
         cull_backfaces: drop faces with ``area2 >= 0`` (back-facing under the right-hand rule,
-            see INTERFACES.md). Degenerate (zero-area) faces are always dropped.
+            see docs/index.md, "Conventions"). Degenerate (zero-area) faces are always dropped.
         max_fragments: at most this many candidate (face, pixel) pairs are processed at once;
             bounds peak memory to roughly ``max_fragments * 200`` bytes.
 
