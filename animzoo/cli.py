@@ -1,17 +1,42 @@
 """The ``animzoo`` command line.
 
-``animzoo data synth|inspect`` prepare and check datasets. The training commands
-(``fit``/``validate``/``test``/``predict`` through LightningCLI) arrive with the trainer.
+``animzoo fit|validate|test|predict --config RECIPE`` run LightningCLI over every
+:class:`~animzoo.methods.base.AnimationModule` and :class:`~animzoo.data.AnimationDataModule`
+(subclass mode, ``parser_mode="omegaconf"``, configs saved with each run, wandb logging by
+default, offline when no account is configured). ``animzoo data ...`` and the other extra
+commands (``animate``, ``weights``, ``leaderboard``) are plain argparse. See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import netrc
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from animzoo import __version__
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+ARGPARSE_COMMANDS = frozenset({"data", "weights", "animate", "leaderboard"})
+
+EPILOG_MAIN = """examples:
+  animzoo fit --config recipes/monkeynet/synthetic-64.yaml
+  animzoo test --config recipes/monkeynet/synthetic-64.yaml --ckpt_path runs/animzoo/RUN/checkpoints/last.ckpt
+  animzoo test --config recipes/baselines/source-copy.yaml
+  animzoo predict --config recipes/monkeynet/synthetic-64.yaml --ckpt_path CKPT --output_dir out/
+  animzoo fit --config recipes/monkeynet/synthetic-64.yaml --print_config > my-recipe.yaml
+  animzoo data synth --out data/synthetic-64 --videos 200 --frames 32 --size 64 --seed 0
+
+fit/validate/test/predict are LightningCLI commands: `animzoo fit --help` lists their options,
+`animzoo fit --model.help MonkeyNet` a method's. Logging goes to wandb (offline when no wandb
+account is configured; `--trainer.logger CSVLogger --trainer.logger.save_dir runs` or
+`--trainer.logger false` switch it).
+"""
 
 EPILOG_DATA = """examples:
   animzoo data synth --out data/synthetic-64 --videos 200 --frames 32 --size 64 --seed 0
@@ -42,11 +67,20 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="animzoo",
         description="animzoo: a model zoo of one-shot image animation.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG_DATA,
+        epilog=EPILOG_MAIN,
     )
     parser.add_argument("--version", action="version", version=f"animzoo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+
+    # Listed for --help only: main() hands these to LightningCLI before argparse runs.
+    for name, text in (
+        ("fit", "train a method (LightningCLI; `animzoo fit --help`)"),
+        ("validate", "evaluate a method on the validation split (LightningCLI)"),
+        ("test", "evaluate a method on the test split: metrics table + metrics.json (LightningCLI)"),
+        ("predict", "write the animated test videos <output_dir>/<video_id>.mp4 (LightningCLI)"),
+    ):
+        commands.add_parser(name, help=text, add_help=False)
 
     data = commands.add_parser(
         "data",
@@ -99,12 +133,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "--landmark-count", type=int, help="expected landmarks per frame in .landmarks.npy sidecars"
     )
     inspect.set_defaults(handler=_run_inspect)
+
+    from animzoo.animate import add_animate_parser
+
+    add_animate_parser(commands)
     return parser
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeRemainingColumn,
+    )
 
     from animzoo.data.synthetic import synthesize
 
@@ -172,11 +215,232 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Run the ``animzoo`` command with ``args`` (default: ``sys.argv[1:]``); returns the exit code."""
+    """Run the ``animzoo`` command with ``args`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    ``fit``/``validate``/``test``/``predict`` (or LightningCLI options such as ``--config``
+    before them) go to LightningCLI; ``data``, ``weights``, ``animate``, ``leaderboard``,
+    ``--help`` and ``--version`` to argparse.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] not in ARGPARSE_COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        return run_lightning_cli(argv, from_sys_argv=args is None)
     parser = _build_parser()
     namespace = parser.parse_args(argv)
     return int(namespace.handler(namespace))
+
+
+# --------------------------------------------------------------------------- LightningCLI
+
+
+def wandb_account_configured() -> bool:
+    """Whether wandb has credentials: ``WANDB_API_KEY``, a netrc entry for the wandb host, or
+    an api key in wandb's settings files."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc_path.is_file():
+        try:
+            if netrc.netrc(str(netrc_path)).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            pass
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR", Path.home() / ".config" / "wandb"))
+    for settings in (config_dir / "settings", Path.cwd() / "wandb" / "settings"):
+        try:
+            if settings.is_file() and "api_key" in settings.read_text(encoding="utf-8"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def configure_wandb_mode() -> str | None:
+    """Set ``WANDB_MODE=offline`` when it is unset and no wandb account is configured, so a
+    run never stops at wandb's login prompt; returns the mode now in force."""
+    if "WANDB_MODE" not in os.environ and not wandb_account_configured():
+        os.environ["WANDB_MODE"] = "offline"
+    return os.environ.get("WANDB_MODE")
+
+
+def run_dir(trainer: Any) -> Path:
+    """The folder of a run: the logger's (``<save_dir>/<name>/<version>`` for wandb and other
+    loggers, as ModelCheckpoint uses; ``log_dir`` for CSV/TensorBoard), or
+    ``default_root_dir`` without a logger. Config, checkpoints/, metrics.json, samples/ live
+    there."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    logger = trainer.logger
+    if logger is None:
+        path = str(trainer.default_root_dir)
+    elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        path = str(logger.log_dir)
+    else:
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        version = logger.version if trainer.is_global_zero else None
+        version = version if isinstance(version, str) else f"version_{version}"
+        path = os.path.join(str(save_dir), str(logger.name), version)
+    return Path(trainer.strategy.broadcast(path))
+
+
+_CLI_CLASS: Any = None
+
+
+def _cli_class() -> Any:
+    """Build the LightningCLI subclass on first use (lightning is heavy to import)."""
+    global _CLI_CLASS
+    if _CLI_CLASS is not None:
+        return _CLI_CLASS
+
+    from jsonargparse import lazy_instance
+    from lightning.pytorch.cli import (
+        LightningArgumentParser,
+        LightningCLI,
+        SaveConfigCallback,
+    )
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RunConfigCallback(SaveConfigCallback):
+        """Save the config as ``config.yaml`` in the run folder (:func:`run_dir`), on rank 0."""
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if self.already_saved:
+                return
+            folder = run_dir(trainer)
+            if trainer.is_global_zero:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.parser.save(
+                    self.config, str(folder / self.config_filename),
+                    overwrite=True, multifile=self.multifile,
+                )
+            self.already_saved = True
+            self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    class AnimZooCLI(LightningCLI):
+        """LightningCLI with animzoo's defaults: wandb logger, last-checkpoint saving,
+        ``predict`` writing videos, ``test`` printing and saving its metrics."""
+
+        def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            if subcommand == "predict":
+                parser.add_argument(
+                    "--output_dir", type=str | None, default=None,
+                    help="folder of the predicted videos <video_id>.mp4 (default: <run folder>/predictions)",
+                )
+                parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the predicted videos")
+                # Predictions go to disk as videos; keeping every frame in memory is not needed.
+                parser.set_defaults({"return_predictions": False})
+            if subcommand in ("test", "validate"):
+                parser.set_defaults({"verbose": False})  # after_test/after_validate print the table
+            return parser
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.set_defaults(
+                {
+                    "trainer.logger": lazy_instance(WandbLogger, project="animzoo", save_dir="runs"),
+                    "trainer.callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"save_last": True},
+                        }
+                    ],
+                    "trainer.default_root_dir": "runs",
+                }
+            )
+
+        def before_predict(self) -> None:
+            from animzoo.methods.base import VideoPredictionWriter
+
+            config = self.config.get(str(self.subcommand), self.config)
+            writers = [c for c in self.trainer.callbacks if isinstance(c, VideoPredictionWriter)]
+            if not writers:
+                output_dir = config.get("output_dir") or run_dir(self.trainer) / "predictions"
+                writer = VideoPredictionWriter(str(output_dir), fps=float(config.get("fps") or 25.0))
+                self.trainer.callbacks.append(writer)
+            elif config.get("output_dir"):
+                for writer in writers:
+                    writer.output_dir = Path(config["output_dir"])
+
+        def after_predict(self) -> None:
+            from animzoo.methods.base import VideoPredictionWriter
+
+            for writer in self.trainer.callbacks:
+                if isinstance(writer, VideoPredictionWriter) and self.trainer.is_global_zero:
+                    print(f"wrote {len(writer.written)} videos to {writer.output_dir}")
+
+        def after_fit(self) -> None:
+            checkpoint = self.trainer.checkpoint_callback
+            if self.trainer.is_global_zero and checkpoint is not None:
+                last = getattr(checkpoint, "last_model_path", "") or checkpoint.best_model_path
+                if last:
+                    print(f"checkpoint: {last}")
+
+        def after_test(self) -> None:
+            self._report("test")
+
+        def after_validate(self) -> None:
+            self._report("val")
+
+        def _report(self, prefix: str) -> None:
+            metrics = {
+                k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())
+                if k.startswith(f"{prefix}/")
+            }
+            if not self.trainer.is_global_zero:
+                return
+            write_metrics_report(metrics, run_dir(self.trainer), type(self.model).__name__)
+
+    _CLI_CLASS = (AnimZooCLI, RunConfigCallback)
+    return _CLI_CLASS
+
+
+def write_metrics_report(metrics: dict[str, float], folder: Path, method: str) -> Path:
+    """Print ``metrics`` as a table and write them to ``folder/metrics.json``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{method}: metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"method": method, "metrics": metrics}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"metrics: {path}")
+    return path
+
+
+def run_lightning_cli(argv: Sequence[str], *, from_sys_argv: bool = False) -> int:
+    """``animzoo fit|validate|test|predict ...``: LightningCLI over the animzoo methods."""
+    configure_wandb_mode()
+    import animzoo.data
+    import animzoo.methods  # noqa: F401  (registers every method: --model MonkeyNet)
+    from animzoo.data import AnimationDataModule
+    from animzoo.errors import AnimzooInputError
+    from animzoo.methods.base import AnimationModule
+
+    cli_class, config_callback = _cli_class()
+    try:
+        cli_class(
+            AnimationModule,
+            AnimationDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_callback=config_callback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf", "version": __version__},
+            seed_everything_default=0,
+            args=None if from_sys_argv else list(argv),
+        )
+    except AnimzooInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

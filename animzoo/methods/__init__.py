@@ -1,0 +1,9 @@
+"""The animation methods. Importing this package registers every method (see
+:mod:`animzoo.registry`) and makes the class names LightningCLI short names
+(``--model MonkeyNet``, ``--model SourceCopy``)."""
+
+from animzoo.methods.base import AnimationModule
+from animzoo.methods.baselines import SourceCopy
+from animzoo.methods.monkeynet import MonkeyNet
+
+__all__ = ["AnimationModule", "MonkeyNet", "SourceCopy"]
