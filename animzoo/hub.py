@@ -30,10 +30,8 @@ import importlib
 import json
 import os
 import pickle
-import shutil
 import sys
 import urllib.request
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +42,8 @@ from torch import nn
 
 from animzoo import __version__
 from animzoo.errors import AnimzooInputError
+from animzoo.io import atomic_write
+from animzoo.weights import download_allowed, sha256_of
 
 __all__ = [
     "CONFIG_NAME",
@@ -62,7 +62,6 @@ __all__ = [
     "list_pretrained",
     "load_pretrained",
     "save_pretrained",
-    "sha256_file",
     "write_pretrained_index",
 ]
 
@@ -181,29 +180,6 @@ def get_pretrained_entry(name: str) -> PretrainedEntry:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _temp_sibling(path: Path) -> Path:
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _temp_sibling(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _is_plain(value: Any) -> bool:
@@ -422,8 +398,9 @@ def save_pretrained(
     weights = st_save(tensors, metadata=metadata)
     directory.mkdir(parents=True, exist_ok=True)
     # Weights first, config last: a folder with a config always has matching weights.
-    _atomic_write_bytes(directory / WEIGHTS_NAME, weights)
-    _atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(directory / WEIGHTS_NAME, lambda handle: handle.write(weights))
+    config_bytes = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write(directory / CONFIG_NAME, lambda handle: handle.write(config_bytes))
     return directory
 
 
@@ -587,9 +564,7 @@ def _download_entry(entry: PretrainedEntry, allow_download: bool | None = None) 
     target = _cache_dir() / entry.name
     if (target / CONFIG_NAME).is_file() and (target / WEIGHTS_NAME).is_file():
         return target
-    if allow_download is None:
-        allow_download = os.environ.get("ANIMZOO_ALLOW_DOWNLOAD", "") not in ("", "0", "false", "no")
-    if not allow_download:
+    if not download_allowed(allow_download):
         raise PretrainedNotFoundError(
             f"pretrained model {entry.name!r} is not in {target}; download it by running with "
             f"ANIMZOO_ALLOW_DOWNLOAD=1 (from {entry.files}), or put {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -598,20 +573,17 @@ def _download_entry(entry: PretrainedEntry, allow_download: bool | None = None) 
     target.mkdir(parents=True, exist_ok=True)
     for fname in (WEIGHTS_NAME, CONFIG_NAME):
         url = entry.files.rstrip("/") + "/" + fname
-        tmp = _temp_sibling(target / fname)
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
-                shutil.copyfileobj(resp, fh)
-            if fname == WEIGHTS_NAME and entry.sha256 and sha256_file(tmp) != entry.sha256:
-                raise PretrainedChecksumError(
-                    f"{url}: downloaded file has sha256 {sha256_file(tmp)}, expected {entry.sha256}; "
-                    f"nothing was kept. Try again later or report the broken url."
-                )
-            os.replace(tmp, target / fname)
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                data = resp.read()
         except OSError as err:
             raise PretrainedNotFoundError(f"{url}: download failed ({err}); check the connection.") from err
-        finally:
-            tmp.unlink(missing_ok=True)
+        if fname == WEIGHTS_NAME and entry.sha256 and hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise PretrainedChecksumError(
+                f"{url}: downloaded file has sha256 {hashlib.sha256(data).hexdigest()}, expected "
+                f"{entry.sha256}; nothing was kept. Try again later or report the broken url."
+            )
+        atomic_write(target / fname, lambda handle: handle.write(data))
     return target
 
 
@@ -638,7 +610,7 @@ def load_pretrained(name: str, map_location: Any = "cpu") -> nn.Module:
             f"{PRETRAINED_DIR / 'index.json'}: records no sha256 for {name!r}, so {weights} cannot be verified; regenerate the "
             f"index with `python -m animzoo.hub index` after putting the weights in place."
         )
-    actual = sha256_file(weights)
+    actual = sha256_of(weights)
     if actual != entry.sha256:
         raise PretrainedChecksumError(
             f"{weights}: sha256 {actual} does not match the expected {entry.sha256} recorded for {name!r}; "
@@ -810,14 +782,14 @@ def write_pretrained_index(
                         f"{folder / CONFIG_NAME}: method {config.get('method')!r} but the entry {name!r} "
                         f"is a {entry.method!r}; export the right checkpoint into {folder}."
                     )
-                record["sha256"] = sha256_file(weights)
+                record["sha256"] = sha256_of(weights)
                 record["bytes"] = weights.stat().st_size
             else:
                 record["sha256"] = old.get(name, {}).get("sha256")
         models[name] = record
     root.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format_version": FORMAT_VERSION, "models": models}, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(index_path, text.encode())
+    atomic_write(index_path, lambda handle: handle.write(text.encode()))
     return index_path
 
 

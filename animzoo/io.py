@@ -34,10 +34,10 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "write_image",
     "frames_to_tensor",
     "tensor_to_frames",
+    "atomic_write",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".avi", ".mkv")
@@ -704,6 +705,25 @@ def count_frames(path: str | os.PathLike, frame_shape: tuple[int, int] | None = 
 def _temp_sibling(path: Path, suffix: str) -> Path:
     """A hidden, unique name beside ``path`` (same filesystem, so os.replace is atomic)."""
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through ``write(handle)`` into a hidden sibling, then rename it into place.
+
+    A failed or interrupted write never leaves a half file, and an existing file stays intact
+    until the new one is complete. Used for sidecars, pretrained models and weight indexes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path, "")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _pad_even(frames: np.ndarray, path: Path) -> np.ndarray:

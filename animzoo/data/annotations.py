@@ -18,7 +18,6 @@ In memory the coordinates are normalised to ``[-1, 1]`` with the align_corners=T
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from animzoo.errors import SidecarError
+from animzoo.io import atomic_write
 from animzoo.geometry.grid import (
     mesh_normalized_to_pixel,
     mesh_pixel_to_normalized,
@@ -369,20 +369,6 @@ def load_mesh(
 # --------------------------------------------------------------------------- saving
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_npz(handle, arrays: Mapping[str, np.ndarray]) -> None:
     """An uncompressed ``.npz`` with fixed zip timestamps: ``np.savez`` stamps the current time,
     which would make two writes of the same mesh differ in bytes."""
@@ -413,7 +399,7 @@ def save_landmarks(
     path = Path(path)
     arr = _as_numpy(landmarks).astype(np.float32)
     validate_landmarks(arr, path, num_frames=num_frames)
-    return _atomic_write(path, lambda handle: np.save(handle, arr, allow_pickle=False))
+    return atomic_write(path, lambda handle: np.save(handle, arr, allow_pickle=False))
 
 
 def save_mesh(
@@ -448,4 +434,4 @@ def save_mesh(
         arrays["flip_index"] = mesh.flip_index
     for name, value in mesh.params.items():
         arrays[f"param_{name}"] = value
-    return _atomic_write(path, lambda handle: _write_npz(handle, arrays))
+    return atomic_write(path, lambda handle: _write_npz(handle, arrays))

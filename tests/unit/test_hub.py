@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import animzoo
 from animzoo import hub
+from animzoo.weights import sha256_of
 from animzoo.errors import AnimzooInputError
 from animzoo.methods.baselines import SourceCopy
 
@@ -179,7 +180,7 @@ def _entry(files: str, sha256: str | None) -> hub.PretrainedEntry:
 
 def test_load_pretrained_verifies_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = hub.save_pretrained(_module(), tmp_path / "blobs32")
-    good = hub.sha256_file(out / "model.safetensors")
+    good = sha256_of(out / "model.safetensors")
     monkeypatch.setitem(hub.PRETRAINED, "test.blobs32", _entry(str(out), good))
     loaded = animzoo.load_pretrained("test.blobs32")
     assert isinstance(loaded, CentroidShift) and loaded.animzoo_config["pretrained_name"] == "test.blobs32"
@@ -187,7 +188,7 @@ def test_load_pretrained_verifies_sha256(tmp_path: Path, monkeypatch: pytest.Mon
     state = load_file(out / "model.safetensors")
     state["gain"] = state["gain"] + 1
     save_file(state, out / "model.safetensors")
-    bad = hub.sha256_file(out / "model.safetensors")
+    bad = sha256_of(out / "model.safetensors")
     with pytest.raises(hub.PretrainedChecksumError) as err:
         hub.load_pretrained("test.blobs32")
     assert good in str(err.value) and bad in str(err.value)
@@ -204,7 +205,7 @@ def test_index_json_holds_the_sha(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         hub.load_pretrained("test.blobs32")
     index = hub.write_pretrained_index(tmp_path, table={"test.blobs32": hub.PRETRAINED["test.blobs32"]})
     recorded = json.loads(index.read_text())["models"]["test.blobs32"]
-    assert recorded["sha256"] == hub.sha256_file(tmp_path / "blobs32" / "model.safetensors")
+    assert recorded["sha256"] == sha256_of(tmp_path / "blobs32" / "model.safetensors")
     assert hub.get_pretrained_entry("test.blobs32").sha256 == recorded["sha256"]
     assert isinstance(hub.load_pretrained("test.blobs32"), CentroidShift)
 
@@ -236,7 +237,7 @@ def test_url_entry_downloads_only_when_allowed(tmp_path: Path, monkeypatch: pyte
     out = hub.save_pretrained(_module(), tmp_path / "remote")
     monkeypatch.setenv("ANIMZOO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ANIMZOO_ALLOW_DOWNLOAD", raising=False)
-    entry = _entry(out.as_uri(), hub.sha256_file(out / "model.safetensors"))
+    entry = _entry(out.as_uri(), sha256_of(out / "model.safetensors"))
     monkeypatch.setitem(hub.PRETRAINED, "test.blobs32", entry)
     with pytest.raises(hub.PretrainedNotFoundError, match="ANIMZOO_ALLOW_DOWNLOAD=1"):
         hub.load_pretrained("test.blobs32")
