@@ -817,7 +817,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--image-size", type=int, help="training frame size (default: from the checkpoint)")
     export.add_argument("--recipe", help="recipe that trained it")
     export.add_argument("--data", help="what it was trained on")
-    export.add_argument("--metrics", type=Path, help="JSON file of test metrics to record")
+    export.add_argument(
+        "--metrics", type=Path, help="JSON file of test metrics to record (e.g. the metrics.json of `animzoo test`)"
+    )
     export.add_argument("--include-discriminator", action="store_true")
     commands.add_parser("index", help=f"rewrite {INDEX_PATH}")
     commands.add_parser("list", help="list the named pretrained models")
@@ -826,6 +828,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             module = from_checkpoint(args.checkpoint, method=args.method)
             metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+            if isinstance(metrics, dict) and isinstance(metrics.get("metrics"), dict):
+                metrics = metrics["metrics"]  # the metrics.json that `animzoo test` writes
             out = save_pretrained(
                 module, args.directory, include_discriminator=args.include_discriminator,
                 image_size=args.image_size, recipe=args.recipe, data=args.data, metrics=metrics,
