@@ -4,7 +4,7 @@
 :class:`~animzoo.methods.base.AnimationModule` and :class:`~animzoo.data.AnimationDataModule`
 (subclass mode, ``parser_mode="omegaconf"``, configs saved with each run, wandb logging by
 default, offline when no account is configured). ``animzoo data ...`` and the other extra
-commands (``animate``, ``weights``, ``leaderboard``) are plain argparse. See docs/cli.md.
+commands (``animate``, ``weights``) are plain argparse. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from animzoo import __version__
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-ARGPARSE_COMMANDS = frozenset({"data", "weights", "animate", "leaderboard"})
+ARGPARSE_COMMANDS = frozenset({"data", "weights", "animate"})
 
 EPILOG_MAIN = """examples:
   animzoo fit --config recipes/monkeynet/synthetic-64.yaml
@@ -59,6 +59,16 @@ EPILOG_INSPECT = """examples:
 
 Checks every video and sidecar and lists every problem with its file and the fix, instead of
 stopping at the first. Exit status 1 when there is any problem.
+"""
+
+
+EPILOG_WEIGHTS = """examples:
+  animzoo weights list                      # what animzoo knows, and whether it resolves here
+  animzoo weights download vgg19            # fetch into the torch hub cache, sha256 checked
+  animzoo weights verify vgg19
+
+Files are looked up in this order: an explicit path, $ANIMZOO_WEIGHTS_DIR, the torch hub cache,
+a file shipped in an installed package. See docs/pretrained.md.
 """
 
 
@@ -134,10 +144,80 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(handler=_run_inspect)
 
+    weights = commands.add_parser(
+        "weights",
+        help="list, download and verify the weight files animzoo uses",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_WEIGHTS,
+    )
+    weights_commands = weights.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
+    weights_commands.required = True
+    weights_list = weights_commands.add_parser("list", help="every known weight file and where it resolves")
+    weights_list.set_defaults(handler=_run_weights_list)
+    download = weights_commands.add_parser("download", help="download weight files (sha256 checked)")
+    download.add_argument("names", nargs="+", metavar="NAME", help="names from `animzoo weights list`")
+    download.add_argument(
+        "--dir", type=Path, default=None,
+        help="folder to download into (default: the torch hub cache, where animzoo looks)",
+    )
+    download.set_defaults(handler=_run_weights_download)
+    verify = weights_commands.add_parser("verify", help="check the sha256 of the files found here")
+    verify.add_argument("names", nargs="*", metavar="NAME", help="names to check (default: all found)")
+    verify.set_defaults(handler=_run_weights_verify)
+
     from animzoo.animate import add_animate_parser
 
     add_animate_parser(commands)
     return parser
+
+
+def _run_weights_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from animzoo.weights import WeightsError, find_weight, list_weights
+
+    table = Table(title="weight files")
+    for column in ("name", "file", "found here", "sha256", "licence"):
+        table.add_column(column, overflow="fold")
+    for spec in list_weights():
+        try:
+            found = find_weight(spec.name)
+            where = str(found) if found is not None else "missing"
+        except WeightsError as err:  # found, but with the wrong checksum
+            where = f"bad file: {err}"
+        table.add_row(spec.name, spec.filename, where, spec.expected_hash, spec.licence)
+    Console().print(table)
+    return 0
+
+
+def _run_weights_download(args: argparse.Namespace) -> int:
+    from animzoo.weights import download_weight
+
+    for name in args.names:
+        path = download_weight(name, destination=args.dir)
+        print(f"{name}: {path}")
+    return 0
+
+
+def _run_weights_verify(args: argparse.Namespace) -> int:
+    from animzoo.weights import WeightsError, find_weight, list_weights
+
+    names = args.names or [spec.name for spec in list_weights()]
+    failures = 0
+    for name in names:
+        try:
+            found = find_weight(name)
+        except WeightsError as err:
+            print(f"{name}: FAILED: {err}")
+            failures += 1
+            continue
+        if found is None:
+            print(f"{name}: not found here")
+            failures += bool(args.names)  # only a name asked for explicitly must be present
+        else:
+            print(f"{name}: ok ({found})")
+    return 1 if failures else 0
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -218,7 +298,7 @@ def main(args: Sequence[str] | None = None) -> int:
     """Run the ``animzoo`` command with ``args`` (default: ``sys.argv[1:]``); returns the exit code.
 
     ``fit``/``validate``/``test``/``predict`` (or LightningCLI options such as ``--config``
-    before them) go to LightningCLI; ``data``, ``weights``, ``animate``, ``leaderboard``,
+    before them) go to LightningCLI; ``data``, ``weights``, ``animate``,
     ``--help`` and ``--version`` to argparse.
     """
     argv = list(sys.argv[1:] if args is None else args)
@@ -226,7 +306,13 @@ def main(args: Sequence[str] | None = None) -> int:
         return run_lightning_cli(argv, from_sys_argv=args is None)
     parser = _build_parser()
     namespace = parser.parse_args(argv)
-    return int(namespace.handler(namespace))
+    from animzoo.errors import AnimzooInputError
+
+    try:
+        return int(namespace.handler(namespace))
+    except AnimzooInputError as err:  # bad input: one line with the fix, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 # --------------------------------------------------------------------------- LightningCLI

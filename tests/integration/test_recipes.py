@@ -24,3 +24,20 @@ def test_data_recipe_builds_the_datamodule(recipe: Path, tmp_path: Path, monkeyp
     datamodule = cls(**init_args)
     if init_args.get("root") is None:  # synthetic data goes to the cache, never into the repo
         assert Path(datamodule.root).is_relative_to(tmp_path)
+
+
+MODEL_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "data")
+
+
+@pytest.mark.parametrize("recipe", MODEL_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_model_recipe_validates_through_the_cli(recipe: Path, capsys, monkeypatch, tmp_path) -> None:
+    """jsonargparse checks every key and type of the recipe against the real signatures."""
+    from animzoo.cli import main
+
+    monkeypatch.setenv("ANIMZOO_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("animzoo.methods")
+    assert printed["data"]["class_path"] == "animzoo.data.AnimationDataModule"
