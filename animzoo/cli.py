@@ -472,9 +472,11 @@ def _cli_class() -> Any:
                 k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())
                 if k.startswith(f"{prefix}/")
             }
+            # Every rank resolves the run folder: a logger's version can be a collective call.
+            folder = run_dir(self.trainer)
             if not self.trainer.is_global_zero:
                 return
-            write_metrics_report(metrics, run_dir(self.trainer), type(self.model).__name__)
+            write_metrics_report(metrics, folder, type(self.model).__name__)
 
     _CLI_CLASS = (AnimZooCLI, RunConfigCallback)
     return _CLI_CLASS

@@ -90,7 +90,10 @@ def test_ddp_fit_through_the_cli_saves_a_finite_checkpoint(root: Path, tmp_path:
     config.write_text(TINY_MONKEYNET + DATA.format(root=root), encoding="utf-8")
     out = tmp_path / "fit"
     _animzoo(
-        "fit", "--config", str(config), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        # GAN methods alternate generator and discriminator steps inside one training_step, so
+        # each backward leaves the other network's parameters unused: DDP must be told.
+        "fit", "--config", str(config), "--trainer.devices", "2",
+        "--trainer.strategy", "ddp_find_unused_parameters_true",
         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
         "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out), cwd=tmp_path,
     )
