@@ -15,3 +15,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def _limit_threads() -> None:
     # CI and the developers' machines have 2 cores; more threads only thrash.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small tensors gain nothing from more, and on shared
+    cores extra threads spin. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

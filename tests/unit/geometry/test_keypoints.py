@@ -18,12 +18,7 @@ from animzoo.geometry.keypoints import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_softmax_heatmap_sums_to_one_and_temperature_sharpens():

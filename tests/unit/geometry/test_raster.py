@@ -23,13 +23,7 @@ def tri(points_pix, z=0.5, n=256, dtype=torch.float64) -> torch.Tensor:
 FACE = torch.tensor([[0, 1, 2]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: threads only add overhead, and oversubscribed cores make them very slow.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def front(verts: torch.Tensor) -> torch.Tensor:
