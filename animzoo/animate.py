@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from animzoo.errors import AnimzooInputError
 
-__all__ = ["Animator", "add_animate_parser", "prepare_image", "run_animate"]
+__all__ = ["Animator", "prepare_image", "run_animate"]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -564,54 +564,6 @@ class Animator:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-EPILOG = """examples:
-  animzoo animate --pretrained monkeynet.synthetic64 --source face.png --driving talk.mp4 --output out.mp4
-  animzoo animate --checkpoint runs/monkeynet/last.ckpt --source face.png --driving talk.mp4 \\
-      --output out.mp4 --relative --adapt-scale --find-best-frame --side-by-side
-  animzoo animate --pretrained path/to/pretrained_folder --source face.jpg --driving frames/ --fps 30 --output out.gif
-
-The output has the driving video's length and frame rate (a folder of frames or a strip has no
-frame rate: 25 fps unless --fps). Sources and driving frames of another size than the model's are
-resized (with a warning). --relative transfers the driving motion relative to driving frame 0 (or,
-with --find-best-frame, to the driving frame whose keypoints best match the source's, found with
-the method's own keypoints). Exit status 2 on bad input, with a one-line message.
-"""
-
-
-def add_animate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``animate`` command to ``animzoo``'s subparsers; its handler is :func:`run_animate`."""
-    parser = subparsers.add_parser(
-        "animate",
-        help="animate a source image with a driving video",
-        description="Animate a source image with a driving video using a trained or pretrained method.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
-    )
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", type=Path, metavar="CKPT", help="Lightning checkpoint written by `animzoo fit`")
-    model.add_argument(
-        "--pretrained", metavar="NAME_OR_DIR",
-        help="a named pretrained model (python -m animzoo.hub list) or a save_pretrained() folder",
-    )
-    parser.add_argument("--method", help="expected method of --checkpoint (refuses another one)")
-    parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
-    parser.add_argument(
-        "--driving", required=True, type=Path, metavar="VIDEO",
-        help="driving video (mp4/mov/webm/avi/mkv, gif, folder of frames, png strip with --frame-shape)",
-    )
-    parser.add_argument("--output", required=True, type=Path, metavar="OUT", help="output video (.mp4, .gif, ...)")
-    parser.add_argument("--relative", action="store_true", help="relative motion transfer (first-order-model --relative)")
-    parser.add_argument("--adapt-scale", action="store_true", help="scale relative motion by the keypoint hull ratio")
-    parser.add_argument("--find-best-frame", action="store_true", help="reference = driving frame closest to the source pose")
-    parser.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
-    parser.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass (default 16)")
-    parser.add_argument("--frame-shape", type=int, nargs=2, metavar=("H", "W"), help="frame size of a png strip driving video")
-    parser.set_defaults(handler=run_animate)
-    return parser
 
 
 def run_animate(args: argparse.Namespace) -> int:

@@ -165,10 +165,64 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", metavar="NAME", help="names to check (default: all found)")
     verify.set_defaults(handler=_run_weights_verify)
 
-    from animzoo.animate import add_animate_parser
-
-    add_animate_parser(commands)
+    _add_animate_parser(commands)
     return parser
+
+
+EPILOG_ANIMATE = """examples:
+  animzoo animate --pretrained monkeynet.synthetic64 --source face.png --driving talk.mp4 --output out.mp4
+  animzoo animate --checkpoint runs/monkeynet/last.ckpt --source face.png --driving talk.mp4 \\
+      --output out.mp4 --relative --adapt-scale --find-best-frame --side-by-side
+  animzoo animate --pretrained path/to/pretrained_folder --source face.jpg --driving frames/ --fps 30 --output out.gif
+
+The output has the driving video's length and frame rate (a folder of frames or a strip has no
+frame rate: 25 fps unless --fps). Sources and driving frames of another size than the model's are
+resized (with a warning). --relative transfers the driving motion relative to driving frame 0 (or,
+with --find-best-frame, to the driving frame whose keypoints best match the source's, found with
+the method's own keypoints). Exit status 2 on bad input, with a one-line message.
+"""
+
+
+def _add_animate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """The ``animate`` command (:func:`animzoo.animate.run_animate`). Defined here, not in
+    animzoo.animate, so that building the parser (``animzoo --help``, ``animzoo data ...``) does
+    not import torch."""
+    parser = subparsers.add_parser(
+        "animate",
+        help="animate a source image with a driving video",
+        description="Animate a source image with a driving video using a trained or pretrained method.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_ANIMATE,
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, metavar="CKPT", help="Lightning checkpoint written by `animzoo fit`")
+    model.add_argument(
+        "--pretrained", metavar="NAME_OR_DIR",
+        help="a named pretrained model (python -m animzoo.hub list) or a save_pretrained() folder",
+    )
+    parser.add_argument("--method", help="expected method of --checkpoint (refuses another one)")
+    parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
+    parser.add_argument(
+        "--driving", required=True, type=Path, metavar="VIDEO",
+        help="driving video (mp4/mov/webm/avi/mkv, gif, folder of frames, png strip with --frame-shape)",
+    )
+    parser.add_argument("--output", required=True, type=Path, metavar="OUT", help="output video (.mp4, .gif, ...)")
+    parser.add_argument("--relative", action="store_true", help="relative motion transfer (first-order-model --relative)")
+    parser.add_argument("--adapt-scale", action="store_true", help="scale relative motion by the keypoint hull ratio")
+    parser.add_argument("--find-best-frame", action="store_true", help="reference = driving frame closest to the source pose")
+    parser.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
+    parser.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass (default 16)")
+    parser.add_argument("--frame-shape", type=int, nargs=2, metavar=("H", "W"), help="frame size of a png strip driving video")
+    parser.set_defaults(handler=_run_animate)
+    return parser
+
+
+def _run_animate(args: argparse.Namespace) -> int:
+    from animzoo.animate import run_animate
+
+    return run_animate(args)
 
 
 def _run_weights_list(args: argparse.Namespace) -> int:

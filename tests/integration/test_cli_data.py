@@ -86,3 +86,10 @@ def test_inspect_reports_every_problem_with_its_file(
     for path in (corrupt, short_sidecar, nan_sidecar):
         assert path.name in out
     assert "3 problem" in out
+
+
+def test_help_does_not_import_torch() -> None:
+    # `animzoo --help` and `animzoo data inspect` must start instantly, not after a torch import.
+    code = "import sys, animzoo.cli as c; c._build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
