@@ -33,15 +33,28 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["L1", "PSNR", "PSNR_MSE_FLOOR", "SSIM", "FrameMetric", "frame_keys"]
+__all__ = [
+    "L1", "PSNR", "PSNR_MSE_FLOOR", "SSIM", "FrameMetric", "deduplicate", "frame_keys", "group_by_video",
+    "video_key",
+]
 
 # Uniform quantisation noise of 8-bit images in [0, 1]: below this an error is not measurable.
 PSNR_MSE_FLOOR = (1.0 / 255.0) ** 2 / 12.0
 
 
+def video_key(video_id: str) -> int:
+    """Signed 64-bit key of a video id (blake2b; collisions ~ 2^-64 per pair of ids).
+
+    Metric states hold these instead of strings (states must be tensors to sync across ranks);
+    :class:`animzoo.methods.base.AnimationModule` keeps the key -> name table for reports.
+    """
+    digest = hashlib.blake2b(str(video_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def frame_keys(video_id: Sequence[str] | str, frame_index: Tensor | Sequence[int] | int, n: int | None = None,
                device: torch.device | None = None) -> Tensor:
-    """64-bit keys of ``(video_id, frame_index)`` pairs (blake2b; collisions ~ 2^-64 per pair).
+    """``N x 2`` long tensor of ``(video_key(video_id), frame_index)`` rows.
 
     ``video_id`` is a list of one id per frame (or one id for all); ``frame_index`` a tensor or
     list of ints (or one int for all); ``n`` the number of frames when both are scalars.
@@ -55,23 +68,64 @@ def frame_keys(video_id: Sequence[str] | str, frame_index: Tensor | Sequence[int
     ids = [video_id] * len(indices) if isinstance(video_id, str) else list(video_id)
     if len(ids) != len(indices):
         raise ValueError(f"{len(ids)} video ids for {len(indices)} frame indices")
-    keys = []
-    for vid, idx in zip(ids, indices):
-        digest = hashlib.blake2b(f"{vid}\x00{idx}".encode(), digest_size=8).digest()
-        keys.append(int.from_bytes(digest, "little", signed=True))
-    return torch.tensor(keys, dtype=torch.long, device=device)
+    rows = [(video_key(v), i) for v, i in zip(ids, indices)]
+    return torch.tensor(rows, dtype=torch.long, device=device).reshape(-1, 2)
+
+
+def deduplicate(keys: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """Keep one row per distinct key row.
+
+    Args:
+        keys: ``N x 2`` ``(video_key, frame_index)`` rows (e.g. gathered from all ranks).
+        values: tensors with ``N`` rows each (per-frame values, features, landmarks, ...).
+
+    Returns:
+        ``(unique_keys, *values)``: keys sorted by ``(video_key, frame_index)``, and for each
+        key the values of its *first* occurrence (copies of one frame are equal up to the
+        numerics of another batch composition, so first is as good as the mean and works for
+        NaN-marked rows too).
+    """
+    if keys.numel() == 0:
+        return (keys.reshape(0, 2), *values)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    positions = torch.arange(inverse.numel(), device=keys.device)
+    first = torch.full((unique.shape[0],), inverse.numel(), dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return (unique, *(v[first] for v in values))
+
+
+def group_by_video(keys: Tensor, values: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
+    """``{video_key: (frame_indices, values)}`` of de-duplicated ``keys`` (``N x 2``) and ``values``
+    (``N x ...``), frames in increasing index order."""
+    groups: dict[int, tuple[Tensor, Tensor]] = {}
+    if keys.numel() == 0:
+        return groups
+    order = torch.argsort(keys[:, 1], stable=True)  # by frame index ...
+    keys, values = keys[order], values[order]
+    order = torch.argsort(keys[:, 0], stable=True)  # ... then by video, keeping frame order
+    keys, values = keys[order], values[order]
+    videos, counts = torch.unique_consecutive(keys[:, 0], return_counts=True)
+    start = 0
+    for video, count in zip(videos.tolist(), counts.tolist()):
+        groups[int(video)] = (keys[start:start + count, 1], values[start:start + count])
+        start += count
+    return groups
 
 
 class FrameMetric(Metric):
     """A metric with one value per frame, de-duplicated by ``(video_id, frame_index)``.
 
     Subclasses implement :meth:`frame_values` (``B x 3 x H x W`` prediction and target ->
-    ``B`` values). ``compute()`` returns the mean over distinct frames (NaN before any update).
-    :meth:`per_frame` gives the de-duplicated keys and values (e.g. for per-video reports).
+    ``B`` values). ``compute()`` returns the mean over distinct frames (NaN before any update);
+    :meth:`per_frame` gives the de-duplicated keys and values, :meth:`per_video` the mean of
+    each video (for per-video reports). Every animzoo metric answers ``per_video()`` with
+    ``{video_key: {output_name: value}}`` (see :func:`video_key`).
     """
 
     full_state_update = False
     is_differentiable = False
+    #: name of the single output in per-video reports (defaults to the registered name)
+    output_name: str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -96,23 +150,24 @@ class FrameMetric(Metric):
             )
         values = self.frame_values(prediction.detach().float(), target.detach().float())
         keys = frame_keys(video_id, frame_index, n=prediction.shape[0], device=values.device)
-        if keys.numel() != values.numel():
-            raise ValueError(f"{keys.numel()} (video_id, frame_index) keys for {values.numel()} frames")
+        if keys.shape[0] != values.numel():
+            raise ValueError(f"{keys.shape[0]} (video_id, frame_index) keys for {values.numel()} frames")
         self.keys.append(keys)
         self.values.append(values.to(torch.float64))
 
     def per_frame(self) -> tuple[Tensor, Tensor]:
-        """Distinct keys (sorted) and the value of each (the mean of its copies)."""
+        """Distinct ``N x 2`` keys (sorted) and the value of each."""
         if isinstance(self.keys, list) and not self.keys:
             empty = torch.zeros(0, device=self.device)
-            return empty.long(), empty.double()
-        keys = dim_zero_cat(self.keys)
-        values = dim_zero_cat(self.values)
-        unique, inverse = torch.unique(keys, return_inverse=True)
-        sums = torch.zeros(unique.numel(), dtype=values.dtype, device=values.device)
-        sums.scatter_add_(0, inverse, values)
-        counts = torch.bincount(inverse, minlength=unique.numel()).to(values.dtype)
-        return unique, sums / counts
+            return empty.long().reshape(0, 2), empty.double()
+        keys, values = deduplicate(dim_zero_cat(self.keys).reshape(-1, 2), dim_zero_cat(self.values))
+        return keys, values
+
+    def per_video(self) -> dict[int, dict[str, float]]:
+        """``{video_key: {name: mean over the video's frames}}``."""
+        name = self.output_name or type(self).__name__.lower()
+        keys, values = self.per_frame()
+        return {video: {name: float(v.mean())} for video, (_, v) in group_by_video(keys, values).items()}
 
     def compute(self) -> Tensor:
         _, values = self.per_frame()
@@ -125,6 +180,7 @@ class L1(FrameMetric):
     """Mean absolute error of each frame (``l1``); lower is better."""
 
     higher_is_better = False
+    output_name = "l1"
 
     def frame_values(self, prediction: Tensor, target: Tensor) -> Tensor:
         return (prediction - target).abs().flatten(1).mean(1)
@@ -139,6 +195,7 @@ class PSNR(FrameMetric):
     """
 
     higher_is_better = True
+    output_name = "psnr"
 
     def __init__(self, mse_floor: float = PSNR_MSE_FLOOR, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -167,6 +224,7 @@ class SSIM(FrameMetric):
     """
 
     higher_is_better = True
+    output_name = "ssim"
 
     def __init__(self, kernel_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
                  **kwargs: Any) -> None:
