@@ -10,6 +10,8 @@ commands (``animate``, ``weights``) are plain argparse. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import netrc
 import os
@@ -22,7 +24,7 @@ from urllib.parse import urlparse
 from animzoo import __version__
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-ARGPARSE_COMMANDS = frozenset({"data", "weights", "animate"})
+ARGPARSE_COMMANDS = frozenset({"data", "weights", "animate", "leaderboard"})
 
 EPILOG_MAIN = """examples:
   animzoo fit --config recipes/monkeynet/synthetic-64.yaml
@@ -165,8 +167,64 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", metavar="NAME", help="names to check (default: all found)")
     verify.set_defaults(handler=_run_weights_verify)
 
+    leaderboard = commands.add_parser(
+        "leaderboard",
+        help="test several models on one data config; write CSV, markdown and bar charts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_LEADERBOARD,
+    )
+    leaderboard.add_argument("--data", required=True, type=Path, help="data recipe (recipes/data/*.yaml)")
+    leaderboard.add_argument(
+        "--data-root", default=None, help="dataset folder (overrides the data recipe's root)"
+    )
+    leaderboard.add_argument(
+        "--metrics", type=Path, default=None,
+        help="metrics recipe giving model.init_args.test_metrics for every entry (recipes/metrics/*.yaml); "
+        "default: each model's own test_metrics",
+    )
+    leaderboard.add_argument(
+        "--entry", action="append", required=True, metavar="NAME=SOURCE",
+        help="a row: NAME=<pretrained name | folder | .ckpt | model recipe | RECIPE@CKPT> (repeat)",
+    )
+    leaderboard.add_argument("--name", required=True, help="leaderboard name, used in the file names")
+    leaderboard.add_argument(
+        "--output-dir", type=Path, default=Path("benchmarks/results"), help="default benchmarks/results"
+    )
+    leaderboard.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    leaderboard.add_argument(
+        "--limit-test-batches", type=float, default=None, help="test on part of the data (smoke runs)"
+    )
+    leaderboard.set_defaults(handler=_run_leaderboard)
+
     _add_animate_parser(commands)
     return parser
+
+
+EPILOG_LEADERBOARD = """examples:
+  animzoo leaderboard --name synthetic64 --data recipes/data/synthetic-64.yaml \\
+      --metrics recipes/metrics/synthetic-64.yaml \\
+      --entry Monkey-Net=monkeynet.synthetic64 --entry SourceCopy=recipes/baselines/source-copy.yaml
+  animzoo leaderboard --name vox256 --data recipes/data/vox-256.yaml --data-root data/vox \\
+      --entry mine=runs/animzoo/abc/checkpoints/last.ckpt --entry Monkey-Net=recipes/monkeynet/vox-256.yaml@m.ckpt
+
+Every entry is tested on the same data with the same metric suite; writes
+<output-dir>/leaderboard-<name>.csv, .md, .json and leaderboard-<name>-<metric>.png.
+"""
+
+
+def _run_leaderboard(args: argparse.Namespace) -> int:
+    from animzoo.leaderboard import parse_entry, run_leaderboard, write_leaderboard
+
+    entries = [parse_entry(text) for text in args.entry]
+    limit = args.limit_test_batches
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    run_leaderboard(entries, args.data, args.metrics, data_root=args.data_root,
+                    accelerator=args.accelerator, limit_test_batches=limit)
+    context = {"data": str(args.data), "metrics": str(args.metrics) if args.metrics else "per model"}
+    for path in write_leaderboard(entries, args.output_dir, args.name, context=context):
+        print(f"wrote {path}")
+    return 0
 
 
 EPILOG_ANIMATE = """examples:
@@ -522,53 +580,89 @@ def _cli_class() -> Any:
             self._report("val")
 
         def _report(self, prefix: str) -> None:
-            metrics = {
-                k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())
-                if k.startswith(f"{prefix}/")
-            }
+            model = self.model
+            metrics = dict(getattr(model, "test_results", {}) or {})
+            if not metrics:  # a LightningModule that is not an AnimationModule
+                metrics = {
+                    k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())
+                    if k.startswith(f"{prefix}/")
+                }
             # Every rank resolves the run folder: a logger's version can be a collective call.
             folder = run_dir(self.trainer)
             if not self.trainer.is_global_zero:
                 return
-            write_metrics_report(metrics, folder, type(self.model).__name__)
+            write_metrics_report(
+                metrics, folder, type(model).__name__,
+                status=getattr(model, "test_status", None),
+                per_video=getattr(model, "test_per_video", None),
+            )
 
     _CLI_CLASS = (AnimZooCLI, RunConfigCallback)
     return _CLI_CLASS
 
 
-def write_metrics_report(metrics: dict[str, float], folder: Path, method: str) -> Path:
-    """Print ``metrics`` as a table and write them to ``folder/metrics.json``."""
+def write_metrics_report(
+    metrics: dict[str, float],
+    folder: Path,
+    method: str,
+    status: dict[str, str] | None = None,
+    per_video: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """Print ``metrics`` as a table; write ``folder/metrics.json`` (values, and the status of
+    every metric: what it loaded or why it is NaN) and, when given, ``folder/per_video.csv``
+    (one row per test video, one column per per-frame metric). Both are written atomically."""
     from rich.console import Console
     from rich.table import Table
 
+    from animzoo.io import atomic_write
+
+    status = dict(status or {})
     table = Table(title=f"{method}: metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for name, text in sorted(status.items()):
+        if not text.startswith("ok"):
+            console.print(f"[yellow]{name}[/yellow]: {text}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"method": method, "metrics": metrics}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    report = {"method": method, "metrics": metrics, "status": status}
+    text = json.dumps(report, indent=2, allow_nan=True) + "\n"  # NaN: unavailable metrics
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
     print(f"metrics: {path}")
+    if per_video:
+        columns = sorted({k for row in per_video.values() for k in row})
+        csv_path = folder / "per_video.csv"
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["video_id", *columns])
+        for video in sorted(per_video):
+            row = per_video[video]
+            writer.writerow([video, *(f"{row[c]:.6g}" if c in row else "" for c in columns)])
+        atomic_write(csv_path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")))
+        print(f"per-video metrics: {csv_path}")
     return path
 
 
 def run_lightning_cli(argv: Sequence[str], *, from_sys_argv: bool = False) -> int:
     """``animzoo fit|validate|test|predict ...``: LightningCLI over the animzoo methods."""
     configure_wandb_mode()
+    from lightning.pytorch import LightningModule
+
     import animzoo.data
     import animzoo.methods  # noqa: F401  (registers every method: --model MonkeyNet)
     from animzoo.data import AnimationDataModule
     from animzoo.errors import AnimzooInputError
-    from animzoo.methods.base import AnimationModule
 
     cli_class, config_callback = _cli_class()
     try:
+        # Any LightningModule: the methods and the perception models (landmark detector,
+        # identity embedder) train and test through the same commands.
         cli_class(
-            AnimationModule,
+            LightningModule,
             AnimationDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

@@ -194,8 +194,26 @@ def register_weight(spec: WeightSpec, *, overwrite: bool = False) -> WeightSpec:
     return spec
 
 
+# Modules that register the weight files of the metric backbones and face backends; imported on
+# the first look-up (not at import: they import torch, and they import this module).
+_SPEC_MODULES = ("animzoo.metrics.weight_specs", "animzoo.metrics.backends")
+_specs_loaded = False
+
+
+def _load_spec_modules() -> None:
+    global _specs_loaded
+    if _specs_loaded:
+        return
+    _specs_loaded = True
+    import importlib
+
+    for module in _SPEC_MODULES:
+        importlib.import_module(module)
+
+
 def list_weights() -> list[WeightSpec]:
     """All registered specs, sorted by name."""
+    _load_spec_modules()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
@@ -205,6 +223,8 @@ def get_weight_spec(name: str) -> WeightSpec:
     Raises:
         UnknownWeightError: (a KeyError and an AnimzooInputError) listing the registered names.
     """
+    if name not in _REGISTRY:
+        _load_spec_modules()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -77,6 +77,9 @@ __all__ = [
     "make_sample_grid",
 ]
 
+# Metrics of the cross-identity test set: no ground truth of the source identity exists there.
+CROSS_IDENTITY_METRICS = frozenset({"csim", "fid"})
+CROSS_IDENTITY_KEYS = ("csim_src", "fid")  # csim_src@, csim_src_detected@, fid@, fid_frames@
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif"})
 OPTIMIZER_ARGS = ("optimizer", "discriminator_optimizer", "scheduler", "discriminator_scheduler")
 
@@ -130,6 +133,11 @@ class AnimationModule(LightningModule):
             value (default: no clipping).
         sample_every_n_steps: log a sample grid every this many training batches (0: never).
         num_samples: rows of a sample grid.
+        val_metrics: the metrics of validation during ``fit`` (names, or ``{name: kwargs}``;
+            default ``l1``, ``psnr``, ``ssim``: cheap, so validation stays fast).
+        test_metrics: the metrics of ``test`` / ``validate`` (default: the whole suite,
+            :data:`animzoo.metrics.DEFAULT_TEST_METRICS`, with the dlib face backends; recipes
+            on synthetic data choose the animzoo backends, e.g. ``{akd: {backend: animzoo70}}``).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -145,6 +153,8 @@ class AnimationModule(LightningModule):
         gradient_clip_val: float | None = None,
         sample_every_n_steps: int = 250,
         num_samples: int = 4,
+        val_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
+        test_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         # Collects the init args of the whole subclass chain; the factories are not plain data
@@ -162,8 +172,15 @@ class AnimationModule(LightningModule):
             raise ValueError("sample_every_n_steps must be >= 0 and num_samples >= 1")
         self.sample_every_n_steps = int(sample_every_n_steps)
         self.num_samples = int(num_samples)
-        self.val_metrics: nn.Module | None = None
-        self.test_metrics: nn.Module | None = None
+        self.val_metrics_config = val_metrics
+        self.test_metrics_config = test_metrics
+        # Metric collections live outside the module tree (see _set_collection): metric
+        # backbones (Inception, AlexNet, detectors) must not enter checkpoints.
+        self._collections: dict[str, Any] = {}
+        self._video_names: dict[int, str] = {}
+        self.test_results: dict[str, float] = {}
+        self.test_status: dict[str, str] = {}
+        self.test_per_video: dict[str, dict[str, float]] = {}
         self._plateau_warned = False
 
     # ------------------------------------------------------------------ method API
@@ -329,47 +346,125 @@ class AnimationModule(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
 
-    def configure_metrics(self) -> nn.Module:
-        """The metric collection of validation / test (override to change the suite)."""
-        from animzoo.metrics import AnimationMetrics
+    def configure_metrics(self, stage: str) -> Any:
+        """The metric collection of ``stage`` (``"val"`` during fit, ``"test"`` for test and
+        validate, ``"cross"`` for the cross-identity test set); override to change the suite.
 
-        return AnimationMetrics()
+        The cross-identity collection keeps the metrics that need no ground truth of the
+        source's identity: CSIM against the source, FID and the smoothness of the prediction.
+        """
+        from animzoo.metrics import (
+            DEFAULT_TEST_METRICS,
+            DEFAULT_VAL_METRICS,
+            AnimationMetrics,
+        )
+
+        config = self.val_metrics_config if stage == "val" else self.test_metrics_config
+        if config is None:
+            config = DEFAULT_VAL_METRICS if stage == "val" else DEFAULT_TEST_METRICS
+        if isinstance(config, dict):
+            names, kwargs = list(config), {k: dict(v or {}) for k, v in config.items()}
+        else:
+            names, kwargs = list(config), {}
+        if stage == "cross":
+            names = [n for n in names if n in CROSS_IDENTITY_METRICS]
+            kwargs = {k: v for k, v in kwargs.items() if k in names}
+        return AnimationMetrics(metrics=names, metric_kwargs=kwargs)
+
+    def _collection(self, stage: str) -> Any:
+        """The (lazily built) collection of ``stage``, on this module's device."""
+        collection = self._collections.get(stage)
+        if collection is None:
+            collection = self.configure_metrics(stage)
+            self._collections[stage] = collection
+        return collection.to(self.device)
 
     def setup(self, stage: str) -> None:
         # Built here, not in __init__, so that no constructor loads metric backbones.
-        if stage in ("fit", "validate") and self.val_metrics is None:
-            self.val_metrics = self.configure_metrics().clone(prefix="val/")
-        if stage == "test" and self.test_metrics is None:
-            self.test_metrics = self.configure_metrics().clone(prefix="test/")
+        if stage == "fit":
+            self._collection("val")
+        elif stage in ("validate", "test"):
+            self._collection("test")
 
-    def _evaluation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int,
-                         stage: str, metrics: nn.Module | None) -> None:
+    def _stage_collection(self, stage: str, dataloader_idx: int, batch: dict[str, Any]) -> Any:
+        if batch.get("mode") == "cross" or not _as_bool(batch.get("has_ground_truth", True)):
+            return self._collection("cross") if stage != "val" else None
+        if stage == "val" and self.trainer.state.fn == "validate":
+            stage = "test"  # `animzoo validate` reports the whole suite, like test
+        return self._collection(stage)
+
+    def _evaluation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        from animzoo.metrics.pixel import video_key
+
         out = self.animate(batch)
-        if metrics is not None and _as_bool(batch.get("has_ground_truth", True)):
-            metrics.update(out["prediction"], batch["driving"], batch["video_id"], batch["frame_index"])
+        collection = self._stage_collection(stage, dataloader_idx, batch)
+        if collection is not None:
+            collection.update(out["prediction"], batch["driving"], batch["video_id"], batch["frame_index"],
+                              source=batch["source"])
+            self._video_names.update({video_key(v): v for v in batch["video_id"]})
         if batch_idx == 0 and not self.trainer.sanity_checking:
             tag = f"{stage}/samples" + ("" if dataloader_idx == 0 else f"_{batch.get('mode', dataloader_idx)}")
             self._log_samples(tag, batch, out, self.global_step)
 
-    def _log_metrics(self, metrics: nn.Module | None) -> dict[str, float]:
-        if metrics is None or not any(getattr(m, "update_count", 0) > 0 for m in metrics.values()):
-            return {}
-        results = {k: v for k, v in metrics.compute().items()}
-        metrics.reset()
-        self.log_dict(results, sync_dist=True, add_dataloader_idx=False)
-        return {k: float(v) for k, v in results.items()}
+    def _gathered_video_names(self) -> dict[int, str]:
+        names = dict(self._video_names)
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, names)
+            for part in gathered:
+                names.update(part)
+        return names
+
+    def _finish_metrics(self, stages: dict[str, str]) -> tuple[dict[str, float], dict[str, str], dict[str, dict[str, float]]]:
+        """Compute, log and reset the collections of ``stages`` (``{collection: log prefix}``).
+
+        Returns ``(results, status, per_video)``; ``per_video`` maps video ids to
+        ``{metric: value}`` (reconstruction and cross-identity rows are told apart by their
+        prefixed keys).
+        """
+        from animzoo.metrics import metric_status, per_video_results
+
+        results: dict[str, float] = {}
+        status: dict[str, str] = {}
+        per_video: dict[str, dict[str, float]] = {}
+        names = None
+        for stage, prefix in stages.items():
+            collection = self._collections.get(stage)
+            if collection is None or not any(getattr(m, "update_count", 0) > 0 for m in collection.values()):
+                continue
+            values = {f"{prefix}{k}": v for k, v in collection.compute().items()
+                      if stage != "cross" or k.startswith(CROSS_IDENTITY_KEYS)}
+            # Values are already reduced over ranks by torchmetrics; sync_dist only averages
+            # identical numbers (and keeps Lightning's epoch-level logging consistent).
+            self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=True, add_dataloader_idx=False)
+            results.update({k: float(v) for k, v in values.items()})
+            status.update({f"{prefix}{k}": v for k, v in metric_status(collection).items()})
+            if names is None:
+                names = self._gathered_video_names()
+            for video, row in per_video_results(collection).items():
+                name = names.get(video, f"{video:#x}")
+                per_video.setdefault(name, {}).update({f"{prefix}{k}": v for k, v in row.items()
+                                                       if stage != "cross" or k.startswith(CROSS_IDENTITY_KEYS)})
+            collection.reset()
+        self._video_names = {}
+        return results, status, per_video
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluation_step(batch, batch_idx, dataloader_idx, "val", self.val_metrics)
+        self._evaluation_step(batch, batch_idx, dataloader_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics)
+        if self.trainer.state.fn == "validate":
+            self.test_results, self.test_status, self.test_per_video = self._finish_metrics(
+                {"test": "val/", "cross": "val/cross/"})
+        else:
+            self._finish_metrics({"val": "val/"})
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluation_step(batch, batch_idx, dataloader_idx, "test", self.test_metrics)
+        self._evaluation_step(batch, batch_idx, dataloader_idx, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metrics(self.test_metrics)
+        self.test_results, self.test_status, self.test_per_video = self._finish_metrics(
+            {"test": "test/", "cross": "test/cross/"})
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         out = self.animate(batch)

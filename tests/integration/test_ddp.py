@@ -77,10 +77,13 @@ def _validate_metrics(config: Path, out: Path, devices: int) -> dict[str, float]
 
 def test_ddp_metrics_equal_single_process(root: Path, tmp_path: Path) -> None:
     config = tmp_path / "copy.yaml"
-    config.write_text("model: SourceCopy\n" + DATA.format(root=root), encoding="utf-8")
+    # FID too: its per-frame features are de-duplicated across ranks like the pixel metrics.
+    config.write_text("model:\n  class_path: SourceCopy\n  init_args: {test_metrics: [l1, psnr, ssim, fid]}\n"
+                      + DATA.format(root=root), encoding="utf-8")
     single = _validate_metrics(config, tmp_path / "one", devices=1)
     double = _validate_metrics(config, tmp_path / "two", devices=2)
-    assert set(single) == set(double) == {"val/l1", "val/psnr", "val/ssim"}
+    assert set(single) == set(double) == {"val/l1", "val/psnr", "val/ssim", "val/fid@inception-pt",
+                                          "val/fid_frames@inception-pt"}
     for name, value in single.items():
         assert double[name] == pytest.approx(value, rel=1e-5), name
 

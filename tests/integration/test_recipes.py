@@ -26,7 +26,8 @@ def test_data_recipe_builds_the_datamodule(recipe: Path, tmp_path: Path, monkeyp
         assert Path(datamodule.root).is_relative_to(tmp_path)
 
 
-MODEL_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "data")
+MODEL_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name not in ("data", "metrics"))
+METRICS_RECIPES = sorted((RECIPES / "metrics").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", MODEL_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -39,5 +40,25 @@ def test_model_recipe_validates_through_the_cli(recipe: Path, capsys, monkeypatc
         main(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("animzoo.methods")
+    assert printed["model"]["class_path"].startswith(("animzoo.methods", "animzoo.perception"))
     assert printed["data"]["class_path"] == "animzoo.data.AnimationDataModule"
+
+
+@pytest.mark.parametrize("recipe", METRICS_RECIPES, ids=lambda p: p.name)
+def test_metrics_recipe_composes_with_a_model_recipe_and_builds_the_suite(recipe: Path, capsys, monkeypatch,
+                                                                          tmp_path) -> None:
+    """A metrics recipe overrides test_metrics of any model recipe, and every name and keyword
+    it sets is accepted by the suite (built for real: backbones resolve or report a status)."""
+    from animzoo.cli import main
+    from animzoo.metrics import AnimationMetrics, metric_status
+
+    monkeypatch.setenv("ANIMZOO_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(RECIPES / "baselines" / "source-copy.yaml"), "--config", str(recipe),
+              "--print_config"])
+    assert exit_info.value.code in (0, None)
+    wanted = yaml.safe_load(recipe.read_text())["model"]["init_args"]["test_metrics"]
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["test_metrics"] == wanted
+    suite = AnimationMetrics(metrics=list(wanted), metric_kwargs=wanted)
+    assert set(metric_status(suite)) == set(wanted)
