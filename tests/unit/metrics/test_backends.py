@@ -105,6 +105,48 @@ def test_mediapipe_missing_names_the_install_command() -> None:
     assert out.shape == (2, 478, 2) and torch.isnan(out).all()
 
 
+def _fake_mediapipe(monkeypatch: pytest.MonkeyPatch, face_mesh: type) -> None:
+    """Stand-in ``mediapipe`` modules (the real package is optional; see test_mediapipe_backend.py)."""
+    names = ["mediapipe", "mediapipe.python", "mediapipe.python.solutions", "mediapipe.python.solutions.face_mesh"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["mediapipe"].__version__ = "0.10.21"
+    sys.modules["mediapipe.python.solutions.face_mesh"].FaceMesh = face_mesh
+
+
+def test_mediapipe_graph_that_cannot_be_built_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenFaceMesh:  # mediapipe 0.10.21 imports under protobuf >= 5, then fails here
+        def __init__(self, **kwargs) -> None:
+            raise AttributeError("'google._upb._message.FieldDescriptor' object has no attribute 'label'")
+
+    _fake_mediapipe(monkeypatch, BrokenFaceMesh)
+    backend = landmark_backend("mediapipe478")
+    assert not backend.available and "FieldDescriptor" in backend.status and "protobuf" in backend.status
+    assert torch.isnan(backend.detect(torch.rand(1, 3, 8, 8))).all()
+
+
+def test_mediapipe_normalised_coordinates_scale_by_the_frame_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeFaceMesh:  # one face whose 478 points are at normalised (k / 478, 0.25) on bright frames
+        def __init__(self, **kwargs) -> None:
+            assert kwargs["static_image_mode"] and kwargs["refine_landmarks"] and kwargs["max_num_faces"] == 1
+
+        def process(self, image):
+            assert image.dtype.name == "uint8" and image.shape[2] == 3
+            if image.mean() < 128:
+                return types.SimpleNamespace(multi_face_landmarks=None)
+            points = [types.SimpleNamespace(x=k / 478, y=0.25, z=0.0) for k in range(478)]
+            return types.SimpleNamespace(multi_face_landmarks=[types.SimpleNamespace(landmark=points)])
+
+    _fake_mediapipe(monkeypatch, FakeFaceMesh)
+    backend = landmark_backend("mediapipe478")
+    assert backend.available and backend.status.startswith("ok: mediapipe 0.10.21")
+    out = backend.detect(torch.cat([torch.ones(1, 3, 40, 60), torch.zeros(1, 3, 40, 60)]))
+    assert out.shape == (2, 478, 2) and torch.isnan(out[1]).all()
+    # x * W, y * H: mediapipe's normalised coordinates already follow the pixel-centre convention
+    # (measured with the real model in test_mediapipe_backend.py)
+    assert torch.allclose(out[0, :, 0], torch.arange(478) * 60 / 478) and torch.allclose(out[0, :, 1], torch.full((478,), 10.0))
+
+
 def test_fan_missing_package_or_weights(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     if not backends._has_module("face_alignment"):
         backend = landmark_backend("fan68")
