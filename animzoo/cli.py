@@ -654,6 +654,7 @@ def run_lightning_cli(argv: Sequence[str], *, from_sys_argv: bool = False) -> in
 
     import animzoo.data
     import animzoo.methods  # noqa: F401  (registers every method: --model MonkeyNet)
+    import animzoo.perception  # noqa: F401  (and the perception models: --model LandmarkDetectorModule)
     from animzoo.data import AnimationDataModule
     from animzoo.errors import AnimzooInputError
 

@@ -138,6 +138,26 @@ PRETRAINED: dict[str, PretrainedEntry] = {
         image_size=64,
         description="Monkey-Net (10 keypoints) trained on the embedded SyntheticHeads data at 64 px",
     ),
+    "landmark_detector.synthetic64": PretrainedEntry(
+        name="landmark_detector.synthetic64",
+        method="landmark_detector",
+        files="landmarks_synthetic64",
+        recipe="recipes/perception/landmarks-synthetic-64.yaml",
+        licence="MIT (trained by the animzoo developers on procedurally generated data)",
+        data="SyntheticHeads 64 x 64 (`animzoo data synth --videos 200 --frames 32 --size 64 --seed 0`), pairs 1-3 frames apart",
+        image_size=64,
+        description="Landmark detector (2-stack hourglass + DSNT + SBR, 70 points) on SyntheticHeads 64 px; AKD/SMS backend 'animzoo70'",
+    ),
+    "identity_embedder.synthetic64": PretrainedEntry(
+        name="identity_embedder.synthetic64",
+        method="identity_embedder",
+        files="identity_synthetic64",
+        recipe="recipes/perception/identity-synthetic-64.yaml",
+        licence="MIT (trained by the animzoo developers on procedurally generated data)",
+        data="SyntheticHeads 64 x 64 (`animzoo data synth --videos 800 --frames 8 --size 64 --seed 1 --clips-per-identity 4`)",
+        image_size=64,
+        description="Identity embedder (landmark face crop + slim ResNet-18, 128-d, ArcFace) on SyntheticHeads 64 px; CSIM backend 'animzoo'",
+    ),
 }
 
 

@@ -57,6 +57,8 @@ def register_method(name: str) -> Callable[[T], T]:
 
 def _load_builtin_methods() -> None:
     import animzoo.methods  # noqa: F401  (registers the built-in methods)
+    import animzoo.perception.identity.lightning_model  # noqa: F401  (and the perception models)
+    import animzoo.perception.landmarks.lightning_model  # noqa: F401
 
 
 def list_methods() -> list[str]:
@@ -71,6 +73,8 @@ def get_method(name: str) -> type[AnimationModule]:
     Raises:
         KeyError: unknown name; the message lists the valid names.
     """
+    if name in _REGISTRY:  # already registered: loading a perception model never imports the methods
+        return _REGISTRY[name]  # type: ignore[return-value]
     _load_builtin_methods()
     try:
         return _REGISTRY[name]  # type: ignore[return-value]

@@ -102,6 +102,8 @@ class AnimationDataModule(pl.LightningDataModule):
         augment: :class:`~animzoo.data.transforms.AugmentConfig` keys (``flip_prob``,
             ``brightness``, ``contrast``, ``saturation``, ``hue``, ``time_flip_prob``).
         cross_identity: also test on ``pairs.csv``.
+        max_frame_gap: training pairs are 1 to ``max_frame_gap`` frames apart (None: any two
+            frames of the video, as first-order-model).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class AnimationDataModule(pl.LightningDataModule):
         seed: int = 0,
         augment: dict[str, float] | None = None,
         cross_identity: bool = True,
+        max_frame_gap: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -147,6 +150,9 @@ class AnimationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augment_config = AugmentConfig.from_dict(augment)
         self.cross_identity = cross_identity
+        if max_frame_gap is not None and max_frame_gap < 1:
+            raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
+        self.max_frame_gap = max_frame_gap
         self.requires: frozenset[str] = self.base_requires
         self.augmentation: PairAugmentation | None = None
         self.train_set: VideoFolder | None = None
@@ -211,6 +217,7 @@ class AnimationDataModule(pl.LightningDataModule):
                 chunk_size=self.chunk_size,
                 landmark_count=self.landmark_count,
                 required_by=method,
+                max_frame_gap=self.max_frame_gap if mode == "pairs" else None,
             )
         except SidecarError as err:
             if method is None or method in str(err):

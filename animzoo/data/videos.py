@@ -300,8 +300,10 @@ class VideoFolder(Dataset):
 
     ``mode="pairs"`` (training): item ``i`` reads two frames of one video, distinct when the
     video has more than one frame, sorted: the earlier is the source, the later the driving
-    frame. The choice is a pure function of ``(seed, epoch, i)``; indices from
-    :class:`EpochSampler` carry the epoch (``epoch * len(self) + i``).
+    frame (with ``max_frame_gap``: 1 to ``max_frame_gap`` frames after the source, the gap drawn
+    uniformly, e.g. for a tracking loss on nearby frames). The choice is a pure function of
+    ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
+    (``epoch * len(self) + i``).
 
     ``mode="reconstruction"`` (test protocol of first-order-model): source = frame 0 of a
     video, every frame (frame 0 included) a driving frame. An item is a chunk of up to
@@ -350,6 +352,7 @@ class VideoFolder(Dataset):
         landmark_count: int | None = None,
         split_seed: int = 0,
         required_by: str | None = None,
+        max_frame_gap: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -374,6 +377,9 @@ class VideoFolder(Dataset):
         self.chunk_size = int(chunk_size)
         self.landmark_count = landmark_count
         self.required_by = required_by
+        if max_frame_gap is not None and int(max_frame_gap) < 1:
+            raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
+        self.max_frame_gap = None if max_frame_gap is None else int(max_frame_gap)
 
         self.pairs: list[tuple[VideoEntry, VideoEntry]] = []
         if mode == "cross":
@@ -568,7 +574,12 @@ class VideoFolder(Dataset):
             video = self.videos[base]
         with aio.VideoReader(video.path, frame_shape=self.frame_shape) as reader:
             num_frames = reader.num_frames
-            if num_frames >= 2:
+            if num_frames >= 2 and self.max_frame_gap is not None:
+                # Nearby frames (e.g. for a tracking loss): gap uniform in 1..max_frame_gap.
+                gap = int(rng.integers(1, min(self.max_frame_gap, num_frames - 1) + 1))
+                first = int(rng.integers(0, num_frames - gap))
+                second = first + gap
+            elif num_frames >= 2:
                 first, second = sorted(int(i) for i in rng.choice(num_frames, size=2, replace=False))
             else:  # a single-frame video can only give the same frame twice
                 first = second = 0
