@@ -16,12 +16,13 @@ from torch import Tensor
 from animzoo.geometry.grid import make_coordinate_grid
 
 __all__ = [
-    "softmax_heatmap",
+    "convex_hull_area",
     "dsnt",
     "heatmap_to_keypoints",
     "keypoints_to_gaussian",
-    "convex_hull_area",
+    "landmark_smoothness",
     "normalize_kp",
+    "softmax_heatmap",
 ]
 
 
@@ -216,3 +217,21 @@ def normalize_kp(
         jac_diff = kp_driving["jacobian"] @ torch.linalg.inv(kp_driving_initial["jacobian"])
         kp_new["jacobian"] = jac_diff @ kp_source["jacobian"]
     return kp_new
+
+
+def landmark_smoothness(sequence: Tensor) -> Tensor:
+    """The per-frame terms of the landmark smoothness SMS (paper 001, eq. 9) of one video.
+
+    ``|(D^{t-1} + D^{t+1}) / 2 - D^t|``: the L1 norm over all ``K x 2`` coordinates of the second
+    difference at every interior frame ``t``; the SMS of a video is the mean of these terms.
+
+    Args:
+        sequence: ``T x K x 2`` landmarks of consecutive frames (pixels; NaN rows propagate).
+
+    Returns:
+        ``T - 2`` values (empty when ``T < 3``).
+    """
+    if sequence.shape[0] < 3:
+        return sequence.new_zeros(0)
+    second = 0.5 * (sequence[:-2] + sequence[2:]) - sequence[1:-1]
+    return second.abs().flatten(1).sum(dim=-1)

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from animzoo.geometry.keypoints import landmark_smoothness
 from animzoo.metrics.backends import LandmarkBackend, landmark_backend
 from animzoo.metrics.pixel import deduplicate, frame_keys, group_by_video
 
@@ -67,10 +68,8 @@ def sms_of_video(frame_index: Tensor, landmarks: Tensor) -> tuple[float, int]:
     """
     if landmarks.shape[0] < 3:
         return float("nan"), 0
-    d = landmarks.double()
-    prev, mid, nxt = d[:-2], d[1:-1], d[2:]
     consecutive = (frame_index[1:-1] - frame_index[:-2] == 1) & (frame_index[2:] - frame_index[1:-1] == 1)
-    values = ((prev + nxt) / 2 - mid).abs().flatten(1).sum(1)
+    values = landmark_smoothness(landmarks.double())
     valid = consecutive & torch.isfinite(values)
     if not bool(valid.any()):
         return float("nan"), 0

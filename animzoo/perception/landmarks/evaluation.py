@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from animzoo.geometry.keypoints import landmark_smoothness
+
 __all__ = ["LandmarkSequenceMetric", "interocular_distance", "nme", "sms", "video_key"]
 
 #: Outer eye corners of the iBUG 68-point layout (0-based), the usual NME normaliser.
@@ -42,22 +44,8 @@ def nme(prediction: Tensor, target: Tensor) -> Tensor:
     return (prediction - target).norm(dim=-1).mean(dim=-1) / interocular_distance(target).clamp(min=1e-6)
 
 
-def sms(sequence: Tensor) -> Tensor:
-    """Per-frame smoothness terms of paper 001 eq. 9 for one video.
-
-    ``|(D^{t-1} + D^{t+1}) / 2 - D^t|``: the L1 norm over all ``K x 2`` coordinates (pixels) of the
-    second difference, for every interior frame ``t`` (the SMS of a video is their mean).
-
-    Args:
-        sequence: ``T x K x 2`` landmarks of consecutive frames.
-
-    Returns:
-        ``T - 2`` values (empty when ``T < 3``).
-    """
-    if sequence.shape[0] < 3:
-        return sequence.new_zeros(0)
-    second = 0.5 * (sequence[:-2] + sequence[2:]) - sequence[1:-1]
-    return second.abs().flatten(1).sum(dim=-1)
+# Paper 001 eq. 9, shared with the metrics' SMS (animzoo.metrics.keypoints).
+sms = landmark_smoothness
 
 
 def video_key(video_id: str) -> int:
