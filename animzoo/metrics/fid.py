@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from animzoo.metrics import weight_specs  # noqa: F401  (registers the weight files)
-from animzoo.metrics.pixel import deduplicate, frame_keys
+from animzoo.metrics.pixel import batch_keys, deduplicate
 from animzoo.weights import (
     WeightsError,
     find_weight,
@@ -426,13 +426,7 @@ class FID(Metric):
         """Add a batch: ``prediction`` and ``target`` ``B x 3 x H x W`` in [0, 1]."""
         if self.extractor is None:
             return
-        if prediction.shape != target.shape or prediction.dim() != 4:
-            raise ValueError(
-                f"FID: prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must both be B x 3 x H x W"
-            )
-        host_keys = frame_keys(video_id, frame_index, n=prediction.shape[0])
-        if host_keys.shape[0] != prediction.shape[0]:
-            raise ValueError(f"{host_keys.shape[0]} (video_id, frame_index) keys for {prediction.shape[0]} frames")
+        host_keys = batch_keys("FID", prediction, target, video_id, frame_index)
         keys = host_keys.to(prediction.device)
         with torch.no_grad():
             self.fake_features.append(self.extractor(prediction.detach()).to(self.feature_dtype))

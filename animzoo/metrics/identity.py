@@ -39,7 +39,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from animzoo.metrics.backends import IdentityBackend, identity_backend
-from animzoo.metrics.pixel import deduplicate, frame_keys, group_by_video
+from animzoo.metrics.pixel import batch_keys, deduplicate, group_by_video
 
 __all__ = ["IdentityMetrics"]
 
@@ -98,15 +98,10 @@ class IdentityMetrics(Metric):
     def update(self, prediction: Tensor, target: Tensor, video_id: Sequence[str] | str,
                frame_index: Tensor | Sequence[int] | int, source: Tensor | None = None) -> None:
         """Embed ``prediction``, ``target`` (and ``source``) and store the embeddings."""
-        if prediction.shape != target.shape or prediction.dim() != 4:
-            raise ValueError(f"IdentityMetrics: prediction {tuple(prediction.shape)} and target "
-                             f"{tuple(target.shape)} must both be B x 3 x H x W")
+        keys = batch_keys("IdentityMetrics", prediction, target, video_id, frame_index, device=self.device)
         if not self.backend.available:
             return
         b = prediction.shape[0]
-        keys = frame_keys(video_id, frame_index, n=b, device=self.device)
-        if keys.shape[0] != b:
-            raise ValueError(f"{keys.shape[0]} (video_id, frame_index) keys for {b} frames")
         pred = self.backend.embed(prediction.detach()).float().to(self.device)
         gt = self.backend.embed(target.detach()).float().to(self.device)
         if source is not None:

@@ -45,7 +45,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from animzoo.geometry.keypoints import landmark_smoothness
 from animzoo.metrics.backends import LandmarkBackend, landmark_backend
-from animzoo.metrics.pixel import deduplicate, frame_keys, group_by_video
+from animzoo.metrics.pixel import batch_keys, deduplicate, group_by_video
 
 __all__ = ["KeypointMetrics", "LandmarkMetrics", "akd_per_frame", "sms_of_video"]
 
@@ -127,15 +127,10 @@ class LandmarkMetrics(Metric):
     def update(self, prediction: Tensor, target: Tensor, video_id: Sequence[str] | str,
                frame_index: Tensor | Sequence[int] | int) -> None:
         """Detect landmarks on ``prediction`` and ``target`` (``B x 3 x H x W`` in [0, 1]) and store them."""
-        if prediction.shape != target.shape or prediction.dim() != 4:
-            raise ValueError(f"LandmarkMetrics: prediction {tuple(prediction.shape)} and target "
-                             f"{tuple(target.shape)} must both be B x 3 x H x W")
+        keys = batch_keys("LandmarkMetrics", prediction, target, video_id, frame_index, device=self.device)
         if not self.backend.available:
             return  # NaN at compute; status says why
         b, _, h, w = prediction.shape
-        keys = frame_keys(video_id, frame_index, n=b, device=self.device)
-        if keys.shape[0] != b:
-            raise ValueError(f"{keys.shape[0]} (video_id, frame_index) keys for {b} frames")
         pred = self.backend.detect(prediction.detach()).float().to(self.device)
         gt = self.backend.detect(target.detach()).float().to(self.device)
         self.keys.append(keys)

@@ -34,7 +34,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
-    "L1", "PSNR", "PSNR_MSE_FLOOR", "SSIM", "FrameMetric", "deduplicate", "frame_keys", "group_by_video",
+    "L1", "PSNR", "PSNR_MSE_FLOOR", "SSIM", "FrameMetric", "batch_keys", "deduplicate", "frame_keys", "group_by_video",
     "video_key",
 ]
 
@@ -70,6 +70,25 @@ def frame_keys(video_id: Sequence[str] | str, frame_index: Tensor | Sequence[int
         raise ValueError(f"{len(ids)} video ids for {len(indices)} frame indices")
     rows = [(video_key(v), i) for v, i in zip(ids, indices)]
     return torch.tensor(rows, dtype=torch.long, device=device).reshape(-1, 2)
+
+
+def batch_keys(metric: str, prediction: Tensor, target: Tensor, video_id: Sequence[str] | str,
+               frame_index: Tensor | Sequence[int] | int, device: torch.device | None = None) -> Tensor:
+    """Check an ``update`` batch and return its ``B x 2`` :func:`frame_keys`.
+
+    Raises:
+        ValueError: ``prediction`` and ``target`` are not both ``B x C x H x W`` of one shape, or
+            the ids and indices do not give one key per frame (``metric`` names the metric).
+    """
+    if prediction.shape != target.shape or prediction.dim() != 4:
+        raise ValueError(
+            f"{metric}: prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must both "
+            "be B x C x H x W"
+        )
+    keys = frame_keys(video_id, frame_index, n=prediction.shape[0], device=device)
+    if keys.shape[0] != prediction.shape[0]:
+        raise ValueError(f"{metric}: {keys.shape[0]} (video_id, frame_index) keys for {prediction.shape[0]} frames")
+    return keys
 
 
 def deduplicate(keys: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
@@ -143,15 +162,8 @@ class FrameMetric(Metric):
         frame_index: Tensor | Sequence[int] | int,
     ) -> None:
         """Add a batch of frames: ``prediction`` and ``target`` ``B x C x H x W`` in [0, 1]."""
-        if prediction.shape != target.shape or prediction.dim() != 4:
-            raise ValueError(
-                f"{type(self).__name__}: prediction {tuple(prediction.shape)} and target "
-                f"{tuple(target.shape)} must both be B x C x H x W"
-            )
+        keys = batch_keys(type(self).__name__, prediction, target, video_id, frame_index, device=prediction.device)
         values = self.frame_values(prediction.detach().float(), target.detach().float())
-        keys = frame_keys(video_id, frame_index, n=prediction.shape[0], device=values.device)
-        if keys.shape[0] != values.numel():
-            raise ValueError(f"{keys.shape[0]} (video_id, frame_index) keys for {values.numel()} frames")
         self.keys.append(keys)
         self.values.append(values.to(torch.float64))
 
