@@ -114,3 +114,15 @@ def test_suite_names_and_prefix() -> None:
     assert set(collection.compute()) == {"test/l1", "test/psnr", "test/ssim"}
     with pytest.raises(KeyError, match="available"):
         AnimationMetrics(metrics=["l1", "fid@nothing"])
+
+
+@pytest.mark.parametrize("name", ["l1", "fid", "akd", "csim"])
+def test_every_metric_refuses_mismatched_batches(name: str) -> None:
+    """Shapes that disagree, or ids that do not give one key per frame, are refused by name."""
+    kwargs = {"akd": {"backend": "animzoo70"}, "csim": {"backend": "animzoo"}}.get(name, {})
+    metrics = AnimationMetrics(metrics=[name], metric_kwargs={name: kwargs})
+    frames = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="must both be B x C x H x W"):
+        metrics.update(frames, frames[:, :, :16], ["a", "a"], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="3 video ids for 2 frame indices"):
+        metrics.update(frames, frames, ["a", "a", "b"], torch.tensor([0, 1]))
