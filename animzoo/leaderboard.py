@@ -167,6 +167,17 @@ def run_leaderboard(
     return entries
 
 
+def _direction(metric: str) -> str:
+    """The caption of a metric's chart: which way is better (counts have no direction)."""
+    base = metric.rsplit("/", 1)[-1].split("@")[0]
+    if base.endswith(("_frames", "_missing")):
+        return "a count, not a score"
+    if base.startswith("sms_gt"):
+        return "reference: the ground truth's own value"
+    lower = base.startswith(_LOWER_IS_BETTER) and "detected" not in base
+    return "lower is better" if lower else "higher is better"
+
+
 def _format(value: float) -> str:
     if math.isnan(value):
         return "n/a"
@@ -255,11 +266,8 @@ def write_leaderboard(
 
     for column in columns:
         metric = column.split("/", 1)[-1]
-        base = metric.split("@")[0]
-        lower = base.startswith(_LOWER_IS_BETTER) and "detected" not in base
         image = bar_chart(f"{name}: {metric}", [e.name for e in entries],
-                          [e.results.get(column, float("nan")) for e in entries],
-                          caption="lower is better" if lower else "higher is better")
+                          [e.results.get(column, float("nan")) for e in entries], caption=_direction(metric))
         safe = metric.replace("/", "_").replace("@", "_at_")
         path = output / f"{stem}-{safe}.png"
         png = io.BytesIO()

@@ -77,3 +77,14 @@ def test_entry_parsing_and_bad_entries(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     assert main(["leaderboard", "--name", "x", "--data", str(missing), "--entry", "a=monkeynet.synthetic64",
                  "--output-dir", str(tmp_path)]) == 2
+
+
+def test_chart_captions_say_which_way_is_better() -> None:
+    from animzoo.leaderboard import _direction
+
+    assert _direction("test/cross/fid@inception-pt") == "lower is better"
+    assert _direction("test/akd@dlib68") == "lower is better"
+    assert _direction("test/akd_detected@dlib68") == "higher is better"
+    assert _direction("test/csim@dlib128") == "higher is better"
+    assert _direction("test/fid_frames@inception-pt").startswith("a count")
+    assert _direction("test/sms_gt@animzoo70").startswith("reference")
