@@ -20,8 +20,6 @@ __all__ = ["DEFAULT_NAME", "ArcFaceHead", "IdentityEmbedder", "IdentityEmbedderM
            "load_identity_embedder"]
 
 DEFAULT_NAME = "identity_embedder.synthetic64"
-DEFAULT_FOLDER = "identity_synthetic64"
-RECIPE = "recipes/perception/identity-synthetic-64.yaml"
 
 
 def __getattr__(name: str) -> Any:
@@ -48,13 +46,9 @@ def load_identity_embedder(path_or_name: str | os.PathLike | None = None, map_lo
     from animzoo.perception.identity.lightning_model import IdentityEmbedderModule
 
     module = load_perception_module(
-        path_or_name, default_name=DEFAULT_NAME, default_folder=DEFAULT_FOLDER, recipe=RECIPE,
-        method="identity_embedder", map_location=map_location,
+        path_or_name, default_name=DEFAULT_NAME, expected=IdentityEmbedderModule, method="identity_embedder",
+        map_location=map_location,
     )
-    if not isinstance(module, IdentityEmbedderModule):
-        from animzoo.hub import PretrainedError
-
-        raise PretrainedError(f"{path_or_name}: holds a {type(module).__name__}, not an identity_embedder")
     embedder = module.embedder.eval()
     embedder.pretrained_config = getattr(module, "animzoo_config", {})
     return embedder

@@ -16,8 +16,6 @@ __all__ = ["DEFAULT_NAME", "LandmarkDetector", "LandmarkDetectorModule", "load_l
 
 #: Named pretrained entry / folder of the shipped detector.
 DEFAULT_NAME = "landmark_detector.synthetic64"
-DEFAULT_FOLDER = "landmarks_synthetic64"
-RECIPE = "recipes/perception/landmarks-synthetic-64.yaml"
 
 
 def __getattr__(name: str) -> Any:
@@ -44,13 +42,9 @@ def load_landmark_detector(path_or_name: str | os.PathLike | None = None, map_lo
     from animzoo.perception.landmarks.lightning_model import LandmarkDetectorModule
 
     module = load_perception_module(
-        path_or_name, default_name=DEFAULT_NAME, default_folder=DEFAULT_FOLDER, recipe=RECIPE,
-        method="landmark_detector", map_location=map_location,
+        path_or_name, default_name=DEFAULT_NAME, expected=LandmarkDetectorModule, method="landmark_detector",
+        map_location=map_location,
     )
-    if not isinstance(module, LandmarkDetectorModule):
-        from animzoo.hub import PretrainedError
-
-        raise PretrainedError(f"{path_or_name}: holds a {type(module).__name__}, not a landmark_detector")
     detector = module.detector.eval()
     detector.pretrained_config = getattr(module, "animzoo_config", {})
     return detector

@@ -67,3 +67,15 @@ def test_missing_shipped_checkpoint_names_the_file(tmp_path: Path, monkeypatch: 
         load_identity_embedder()
     with pytest.raises(hub.PretrainedError, match="nowhere"):
         load_landmark_detector(tmp_path / "nowhere")
+
+
+def test_loaders_refuse_a_model_of_the_other_kind() -> None:
+    from animzoo.hub import PretrainedError
+    from animzoo.perception.identity import load_identity_embedder
+    from animzoo.perception.landmarks import load_landmark_detector
+
+    with pytest.raises(PretrainedError, match="identity_embedder.synthetic64: holds a IdentityEmbedderModule, "
+                                              "not a landmark_detector"):
+        load_landmark_detector("identity_embedder.synthetic64")
+    with pytest.raises(PretrainedError, match="not a identity_embedder"):
+        load_identity_embedder("landmark_detector.synthetic64")
