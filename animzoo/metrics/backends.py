@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from animzoo.weights import (
     WeightsError,
@@ -66,6 +67,7 @@ from animzoo.weights import (
 )
 
 __all__ = [
+    "BackendMetric",
     "ARCFACE_TEMPLATE_112",
     "FACE_WEIGHT_SPECS",
     "AnimzooIdentityBackend",
@@ -989,3 +991,26 @@ def identity_backend(name: str = "dlib128", **kwargs: Any) -> IdentityBackend:
 def list_backends() -> dict[str, list[str]]:
     """``{"landmarks": [...], "identity": [...]}``: the names the two factories accept."""
     return {"landmarks": list(_LANDMARKS), "identity": list(_IDENTITY)}
+
+
+class BackendMetric(Metric):
+    """Base of the metrics that run a face backend (:class:`LandmarkMetrics`, :class:`IdentityMetrics`).
+
+    A backend that is an ``nn.Module`` becomes a submodule (it moves with ``metric.to(device)``);
+    any other object is kept aside. ``status`` is the backend's.
+    """
+
+    def _attach_backend(self, backend: Any) -> None:
+        if isinstance(backend, nn.Module):
+            self.backend = backend
+        else:
+            object.__setattr__(self, "backend", backend)
+
+    @property
+    def backend_name(self) -> str:
+        return str(self.backend.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.backend.status)
+

@@ -34,11 +34,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torchmetrics import Metric
+from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
-from animzoo.metrics.backends import IdentityBackend, identity_backend
+from animzoo.metrics.backends import BackendMetric, IdentityBackend, identity_backend
 from animzoo.metrics.pixel import batch_keys, deduplicate, group_by_video
 
 __all__ = ["IdentityMetrics"]
@@ -51,7 +50,7 @@ def _embed_sources(backend: IdentityBackend, source: Tensor) -> Tensor:
     return backend.embed(source)
 
 
-class IdentityMetrics(Metric):
+class IdentityMetrics(BackendMetric):
     """CSIM, identity AED and detection rate (plus cross-identity CSIM when sources are given).
 
     Args:
@@ -72,23 +71,12 @@ class IdentityMetrics(Metric):
         super().__init__(**kwargs)
         if isinstance(backend, str):
             backend = identity_backend(backend, **(backend_kwargs or {}))
-        if isinstance(backend, nn.Module):
-            self.backend = backend
-        else:
-            object.__setattr__(self, "backend", backend)
+        self._attach_backend(backend)
         self.add_state("keys", default=[], dist_reduce_fx="cat")
         self.add_state("pred_embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("target_embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("source_embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("has_source", default=[], dist_reduce_fx="cat")  # N float 0/1: was a source given
-
-    @property
-    def backend_name(self) -> str:
-        return str(self.backend.name)
-
-    @property
-    def status(self) -> str:
-        return str(self.backend.status)
 
     @property
     def output_names(self) -> list[str]:

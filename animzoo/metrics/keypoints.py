@@ -39,12 +39,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torchmetrics import Metric
+from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
 from animzoo.geometry.keypoints import landmark_smoothness
-from animzoo.metrics.backends import LandmarkBackend, landmark_backend
+from animzoo.metrics.backends import BackendMetric, LandmarkBackend, landmark_backend
 from animzoo.metrics.pixel import batch_keys, deduplicate, group_by_video
 
 __all__ = ["KeypointMetrics", "LandmarkMetrics", "akd_per_frame", "sms_of_video"]
@@ -76,7 +75,7 @@ def sms_of_video(frame_index: Tensor, landmarks: Tensor) -> tuple[float, int]:
     return float(values[valid].mean()), int(valid.sum())
 
 
-class LandmarkMetrics(Metric):
+class LandmarkMetrics(BackendMetric):
     """AKD (+ detection rate) and SMS (prediction and ground truth) with one landmark backend.
 
     Args:
@@ -100,24 +99,12 @@ class LandmarkMetrics(Metric):
         super().__init__(**kwargs)
         if isinstance(backend, str):
             backend = landmark_backend(backend, **(backend_kwargs or {}))
-        # a Module backend becomes a submodule (moves with metric.to(device)); a plain object is kept aside
-        if isinstance(backend, nn.Module):
-            self.backend = backend
-        else:
-            object.__setattr__(self, "backend", backend)
+        self._attach_backend(backend)
         self.eval_size = int(eval_size) if eval_size is not None else None
         self.add_state("keys", default=[], dist_reduce_fx="cat")
         self.add_state("pred_landmarks", default=[], dist_reduce_fx="cat")
         self.add_state("target_landmarks", default=[], dist_reduce_fx="cat")
         self.add_state("sizes", default=[], dist_reduce_fx="cat")  # N x 2 (H, W) of each frame
-
-    @property
-    def backend_name(self) -> str:
-        return str(self.backend.name)
-
-    @property
-    def status(self) -> str:
-        return str(self.backend.status)
 
     @property
     def output_names(self) -> list[str]:
