@@ -67,12 +67,12 @@ from animzoo.weights import (
 )
 
 __all__ = [
-    "BackendMetric",
     "ARCFACE_TEMPLATE_112",
     "FACE_WEIGHT_SPECS",
     "AnimzooIdentityBackend",
     "AnimzooLandmarkBackend",
     "ArcFaceBackend",
+    "BackendMetric",
     "Dlib68Backend",
     "DlibResNetBackend",
     "FanBackend",
