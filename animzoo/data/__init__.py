@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "annotations": (
-        "LANDMARKS_SUFFIX", "MESH_SUFFIX", "MeshSidecar", "landmarks_path", "load_landmarks",
-        "load_mesh", "mesh_normalized_to_pixel", "mesh_path", "mesh_pixel_to_normalized",
-        "normalized_to_pixel", "pixel_to_normalized", "save_landmarks", "save_mesh", "sidecar_path",
+        "LANDMARKS_SUFFIX", "MESH_SUFFIX", "MeshSidecar", "PARSING_FLIP", "PARSING_LABELS",
+        "PARSING_SUFFIX", "landmarks_path", "load_landmarks", "load_mesh", "load_parsing",
+        "mesh_normalized_to_pixel", "mesh_path", "mesh_pixel_to_normalized", "normalized_to_pixel",
+        "parsing_path", "pixel_to_normalized", "save_landmarks", "save_mesh", "save_parsing",
+        "sidecar_path",
     ),
     "datamodule": ("AnimationDataModule",),
     "transforms": ("AugmentConfig", "PairAugmentation", "flip_batch"),
@@ -43,9 +45,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from animzoo.data.annotations import (  # noqa: F401
-        LANDMARKS_SUFFIX, MESH_SUFFIX, MeshSidecar, landmarks_path, load_landmarks, load_mesh,
-        mesh_normalized_to_pixel, mesh_path, mesh_pixel_to_normalized, normalized_to_pixel,
-        pixel_to_normalized, save_landmarks, save_mesh, sidecar_path,
+        LANDMARKS_SUFFIX, MESH_SUFFIX, PARSING_FLIP, PARSING_LABELS, PARSING_SUFFIX, MeshSidecar,
+        landmarks_path, load_landmarks, load_mesh, load_parsing, mesh_normalized_to_pixel,
+        mesh_path, mesh_pixel_to_normalized, normalized_to_pixel, parsing_path,
+        pixel_to_normalized, save_landmarks, save_mesh, save_parsing, sidecar_path,
     )
     from animzoo.data.datamodule import AnimationDataModule  # noqa: F401
     from animzoo.data.transforms import AugmentConfig, PairAugmentation, flip_batch  # noqa: F401

@@ -1,4 +1,4 @@
-"""Sidecar files next to a video: facial landmarks and 3D face meshes.
+"""Sidecar files next to a video: facial landmarks, 3D face meshes and face-parsing maps.
 
 On disk (pixel units of the video's own frames, pixel centre ``i`` at value ``i``):
 
@@ -39,10 +39,14 @@ from animzoo.geometry.grid import (
 __all__ = [
     "LANDMARKS_SUFFIX",
     "MESH_SUFFIX",
+    "PARSING_SUFFIX",
+    "PARSING_LABELS",
+    "PARSING_FLIP",
     "SidecarKind",
     "MeshSidecar",
     "landmarks_path",
     "mesh_path",
+    "parsing_path",
     "sidecar_path",
     "sidecar_fix",
     "load_landmarks",
@@ -52,6 +56,10 @@ __all__ = [
     "validate_mesh",
     "save_landmarks",
     "save_mesh",
+    "open_parsing",
+    "load_parsing",
+    "validate_parsing",
+    "save_parsing",
     "pixel_to_normalized",
     "normalized_to_pixel",
     "mesh_pixel_to_normalized",
@@ -60,8 +68,26 @@ __all__ = [
 
 LANDMARKS_SUFFIX = ".landmarks.npy"
 MESH_SUFFIX = ".mesh.npz"
+PARSING_SUFFIX = ".parsing.npy"
 
-SidecarKind = Literal["landmarks", "mesh"]
+SidecarKind = Literal["landmarks", "mesh", "parsing"]
+
+#: Face-parsing labels (index = label value), a subset of CelebAMask-HQ's classes. "right" and
+#: "left" are the subject's, as for the landmarks: the right eye is on the image left in a frontal
+#: view (iBUG 300-W convention; landmarks 36-41 / 68). ``eye`` is the visible eyeball (sclera,
+#: iris, pupil) between the lids; the lids are skin. ``mouth`` is the lips and the mouth interior.
+PARSING_LABELS: tuple[str, ...] = (
+    "background", "skin", "right_brow", "left_brow", "right_eye", "left_eye",
+    "nose", "mouth", "hair", "neck",
+)  # fmt: skip
+#: Labels under a horizontal mirror: a mirrored map has label ``PARSING_FLIP[k]`` where the
+#: original had ``k`` (left and right parts swap). An involution.
+PARSING_FLIP: tuple[int, ...] = tuple(
+    PARSING_LABELS.index(
+        name.replace("right_", "@").replace("left_", "right_").replace("@", "left_")
+    )
+    for name in PARSING_LABELS
+)
 
 # --------------------------------------------------------------------------- paths
 
@@ -77,13 +103,20 @@ def mesh_path(video: str | os.PathLike[str]) -> Path:
     return Path(str(Path(video)) + MESH_SUFFIX)
 
 
+def parsing_path(video: str | os.PathLike[str]) -> Path:
+    """The face-parsing sidecar of ``video`` (``<video>.parsing.npy``; beside a frame folder)."""
+    return Path(str(Path(video)) + PARSING_SUFFIX)
+
+
 def sidecar_path(video: str | os.PathLike[str], kind: SidecarKind) -> Path:
-    """The sidecar of ``kind`` (``"landmarks"`` or ``"mesh"``) for ``video``."""
+    """The sidecar of ``kind`` (``"landmarks"``, ``"mesh"`` or ``"parsing"``) for ``video``."""
     if kind == "landmarks":
         return landmarks_path(video)
     if kind == "mesh":
         return mesh_path(video)
-    raise ValueError(f"unknown sidecar kind {kind!r}; expected 'landmarks' or 'mesh'")
+    if kind == "parsing":
+        return parsing_path(video)
+    raise ValueError(f"unknown sidecar kind {kind!r}; expected 'landmarks', 'mesh' or 'parsing'")
 
 
 def sidecar_fix(kind: SidecarKind, root: str | os.PathLike[str] | None = None) -> str:
@@ -93,6 +126,13 @@ def sidecar_fix(kind: SidecarKind, root: str | os.PathLike[str] | None = None) -
         return (
             f"create it with `animzoo data annotate --landmarks <backend> {where}` "
             "(or convert a detector's output, see docs/data.md)"
+        )
+    if kind == "parsing":
+        return (
+            "run a face-parsing model (e.g. BiSeNet on CelebAMask-HQ labels) on every frame, map "
+            "its classes to animzoo.data.annotations.PARSING_LABELS and write the maps with "
+            "animzoo.data.annotations.save_parsing, see docs/data.md "
+            "(synthetic datasets from `animzoo data synth` ship parsing maps)"
         )
     return (
         "fit meshes with an external fitter (e.g. DECA/FLAME) and convert them with "
@@ -366,6 +406,113 @@ def load_mesh(
     return mesh
 
 
+# --------------------------------------------------------------------------- parsing
+
+_PARSING_FIX = (
+    "rewrite it with animzoo.data.annotations.save_parsing (T x H x W integer labels, "
+    "see docs/data.md)"
+)
+
+
+def validate_parsing(
+    maps: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    frame_size: Sequence[int] | None = None,
+    frame_indices: Sequence[int] | np.ndarray | None = None,
+    check_values: bool = True,
+) -> None:
+    """Check face-parsing maps (``T x H x W`` integer labels) and raise :class:`SidecarError`
+    naming ``path`` and the fix.
+
+    Args:
+        maps: the array as loaded (or some of its frames).
+        path: the sidecar file, for the message.
+        num_frames: the video's frame count; ``T`` must equal it.
+        frame_size: the video's ``(H, W)``; the maps must have this size (not a resized one).
+        frame_indices: the video frame of each row of ``maps`` (when checking a selection of
+            frames), so that reported frame indices are the video's.
+        check_values: also refuse labels outside ``0 .. len(PARSING_LABELS) - 1`` (reads every
+            value of ``maps``; pass ``False`` to check a memory map's header only).
+    """
+    path = Path(path)
+    if maps.dtype.kind not in "iu":
+        raise SidecarError(
+            f"{path}: parsing maps have dtype {maps.dtype}, expected integer labels "
+            f"(uint8, 0..{len(PARSING_LABELS) - 1}); a parser's probabilities must be turned "
+            f"into labels (argmax) first; {_PARSING_FIX}"
+        )
+    if maps.ndim != 3:
+        raise SidecarError(
+            f"{path}: parsing maps have shape {tuple(maps.shape)}, expected T x H x W "
+            f"(one label map per frame); {_PARSING_FIX}"
+        )
+    if num_frames is not None and maps.shape[0] != num_frames:
+        raise SidecarError(
+            f"{path}: has parsing maps for {maps.shape[0]} frames but its video has "
+            f"{num_frames} frames; re-run the face parser on every frame of this video; "
+            f"{_PARSING_FIX}"
+        )
+    if frame_size is not None and tuple(maps.shape[1:]) != tuple(int(s) for s in frame_size):
+        h, w = (int(s) for s in frame_size)
+        raise SidecarError(
+            f"{path}: parsing maps are {maps.shape[1]}x{maps.shape[2]} (H x W) but the video's "
+            f"frames are {h}x{w}; parse the frames as stored (or resize the maps to {h}x{w} "
+            f"with nearest neighbour); {_PARSING_FIX}"
+        )
+    # min / max first: one cheap pass over valid maps, the details only when broken.
+    if check_values and maps.size and (int(maps.min()) < 0 or int(maps.max()) >= len(PARSING_LABELS)):
+        flat = np.asarray(maps).reshape(maps.shape[0], -1)
+        outside = (flat < 0) | (flat >= len(PARSING_LABELS))
+        values = np.unique(flat[outside])
+        bad = np.flatnonzero(outside.any(axis=1))
+        if frame_indices is not None:
+            bad = np.asarray(frame_indices)[bad]
+        raise SidecarError(
+            f"{path}: label value(s) {_frames_text(values)} in frame(s) {_frames_text(bad)} "
+            f"are not defined (labels are 0..{len(PARSING_LABELS) - 1}: "
+            f"{', '.join(PARSING_LABELS)}); map the parser's classes onto PARSING_LABELS "
+            f"(see docs/data.md); {_PARSING_FIX}"
+        )
+
+
+def open_parsing(path: str | os.PathLike[str]) -> np.ndarray:
+    """Memory-map a parsing sidecar without reading its values (cheap: header only).
+
+    Returns the array (``T x H x W``) backed by the file; index it to read frames.
+    Raises :class:`SidecarError` when the file is missing or not a valid ``.npy``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_sidecar(path, "parsing")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:  # numpy raises ValueError / OSError / EOFError for broken files
+        raise SidecarError(
+            f"{path}: not a readable .npy parsing file ({err}); {_PARSING_FIX}"
+        ) from err
+
+
+def load_parsing(
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = None,
+    frame_size: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Load and validate a parsing sidecar.
+
+    Returns:
+        ``T x H x W`` uint8 labels (indices into :data:`PARSING_LABELS`).
+    Raises:
+        SidecarError: missing / unreadable file, not integer, wrong shape, ``T != num_frames``,
+            ``(H, W) != frame_size``, labels out of range (naming the frames).
+    """
+    arr = np.asarray(open_parsing(path))
+    validate_parsing(arr, path, num_frames=num_frames, frame_size=frame_size)
+    return arr.astype(np.uint8, copy=False)
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -435,3 +582,31 @@ def save_mesh(
     for name, value in mesh.params.items():
         arrays[f"param_{name}"] = value
     return atomic_write(path, lambda handle: _write_npz(handle, arrays))
+
+
+def save_parsing(
+    video_or_path: str | os.PathLike[str],
+    maps: np.ndarray | torch.Tensor,
+    *,
+    num_frames: int | None = None,
+    frame_size: Sequence[int] | None = None,
+) -> Path:
+    """Atomically write face-parsing maps (``T x H x W`` labels) as uint8 ``.npy``.
+
+    Args:
+        video_or_path: the video (the sidecar goes to :func:`parsing_path` of it) or the
+            sidecar path itself (ending in ``.parsing.npy``).
+        maps: ``T x H x W`` integer labels, indices into :data:`PARSING_LABELS`, at the size
+            of the video's frames.
+        num_frames, frame_size: the video's frame count and ``(H, W)``, checked when given.
+
+    The maps are validated (integer dtype, shape, label range) before anything is written.
+    """
+    path = Path(video_or_path)
+    if not str(path).endswith(PARSING_SUFFIX):
+        path = parsing_path(path)
+    arr = _as_numpy(maps)
+    # Validate before the cast: a float or out-of-range array must not be silently wrapped.
+    validate_parsing(arr, path, num_frames=num_frames, frame_size=frame_size)
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return atomic_write(path, lambda handle: np.save(handle, arr, allow_pickle=False))

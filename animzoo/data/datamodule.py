@@ -41,11 +41,15 @@ def synthetic_cache_dir(synthetic: dict[str, Any]) -> Path:
     """Where a synthetic dataset with these arguments is cached.
 
     ``$ANIMZOO_CACHE_DIR/synthetic/<hash>`` or ``~/.cache/animzoo/synthetic/<hash>``; the hash
-    covers the arguments, so different settings never share a folder.
+    covers the arguments and the generator version, so different settings never share a folder
+    and a newer generator (e.g. one that writes more sidecars) never reuses an older cache.
     """
+    from animzoo.data.synthetic import GENERATOR_VERSION  # only for synthetic data
+
     base = os.environ.get("ANIMZOO_CACHE_DIR")
     cache = Path(base) if base else Path.home() / ".cache" / "animzoo"
-    digest = hashlib.sha256(json.dumps(synthetic, sort_keys=True, default=str).encode()).hexdigest()
+    key = json.dumps([GENERATOR_VERSION, synthetic], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return cache / "synthetic" / digest[:16]
 
 
@@ -95,8 +99,10 @@ class AnimationDataModule(pl.LightningDataModule):
         num_workers: data loader workers (persistent when > 0).
         num_repeats: training epoch = ``num_repeats`` passes over the videos (or identities).
         id_sampling: iterate identities (``<identity>#...`` names), one clip each per item.
-        requires: sidecars to load (``landmarks``, ``mesh``); the attached method's
-            ``requires`` is added at ``setup()``.
+        requires: sidecars to load (``landmarks``, ``mesh``, ``parsing``: face-parsing maps,
+            served as ``source_parsing`` / ``driving_parsing`` label maps resized by nearest
+            neighbour to ``image_size``); the attached method's ``requires`` is added at
+            ``setup()``.
         landmark_count: expected landmarks per frame (checked when loading).
         seed: seed of data order, frame choice and augmentation.
         augment: :class:`~animzoo.data.transforms.AugmentConfig` keys (``flip_prob``,
@@ -145,7 +151,9 @@ class AnimationDataModule(pl.LightningDataModule):
         self.base_requires = frozenset(requires or ())
         unknown = self.base_requires - set(SIDECAR_KINDS)
         if unknown:
-            raise ValueError(f"requires may hold 'landmarks' and 'mesh', got {sorted(unknown)}")
+            raise ValueError(
+                f"requires may hold {', '.join(repr(k) for k in SIDECAR_KINDS)}, got {sorted(unknown)}"
+            )
         self.landmark_count = landmark_count
         self.seed = seed
         self.augment_config = AugmentConfig.from_dict(augment)

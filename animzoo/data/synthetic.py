@@ -1,4 +1,5 @@
-"""SyntheticHeads: procedural talking-head videos with exact landmarks, meshes and identities.
+"""SyntheticHeads: procedural talking-head videos with exact landmarks, meshes, face-parsing
+maps and identities.
 
 Each identity (shape + colours of :class:`~animzoo.geometry.heads.ProceduralHead`) gets a few
 clips of smooth random motion (pose, expression, blinks, gaze), rendered with the torch
@@ -9,6 +10,8 @@ rasterizer over a procedural background and written in the dataset layout of DES
     out_dir/train/id0000#clip00.mp4.mesh.npz        verts T x V x 3 (pixels, z scaled like x),
                                                     faces F x 3 int32, flip_index V int32,
                                                     param_identity / expression / gaze / pose (T x n)
+    out_dir/train/id0000#clip00.mp4.parsing.npy     T x H x W uint8 labels (PARSING_LABELS), from
+                                                    the rasterizer's visible faces and the texture
     out_dir/test/...                           identities unseen in train
     out_dir/pairs.csv                          source,driving: cross-identity test pairs
     out_dir/synthetic.json                     generator version, seed and arguments
@@ -34,15 +37,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from animzoo.data.annotations import landmarks_path, mesh_path, save_landmarks, save_mesh
+from animzoo.data.annotations import (
+    PARSING_LABELS,
+    landmarks_path,
+    mesh_path,
+    save_landmarks,
+    save_mesh,
+    save_parsing,
+)
 from animzoo.errors import AnimzooInputError
 from animzoo.geometry.grid import mesh_normalized_to_pixel
 from animzoo.geometry.heads import HeadParams, ProceduralHead, sample_identity, sample_motion
 
 __all__ = ["GENERATOR_VERSION", "synthesize", "render_clip", "random_background"]
 
-#: Bumped whenever the same arguments would produce different data.
-GENERATOR_VERSION = "synthetic-heads/1"
+#: Bumped whenever the same arguments would produce different data (2: parsing sidecars).
+GENERATOR_VERSION = "synthetic-heads/2"
 
 _STREAM_IDENTITY, _STREAM_VIDEO, _STREAM_PAIRS = 0, 1, 2
 _OUR_NAME = re.compile(r"^id\d{4,}#clip\d{2,}")
@@ -87,7 +97,8 @@ def render_clip(
     generator: torch.Generator,
     *,
     supersample: int = 1,
-) -> tuple[Tensor, Tensor]:
+    parsing: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Render one clip (all frames in one batch) over a random background with a random light.
 
     Args:
@@ -96,9 +107,11 @@ def render_clip(
         size: output height = width.
         generator: draws the light, ambient level and background.
         supersample: anti-aliasing factor (see :meth:`ProceduralHead.render`).
+        parsing: also return the face-parsing maps of the frames (same rasterization).
 
     Returns:
-        (frames T x 3 x size x size in [0, 1], posed vertices T x V x 3 normalised).
+        (frames T x 3 x size x size in [0, 1], posed vertices T x V x 3 normalised), plus
+        labels T x size x size uint8 (indices of ``PARSING_LABELS``) when ``parsing``.
     """
     g = generator
     frames = params.batch_size
@@ -111,11 +124,13 @@ def render_clip(
     tint = 1 + 0.12 * (torch.rand(3, generator=g) - 0.5)  # warm / cool light
     background = random_background(g, size)
     verts = head.vertices(params)
-    image, mask = head.render(
-        params, (size, size), light=light, ambient=ambient, supersample=supersample, vertices=verts
-    )
-    image = image * tint[None, :, None, None] + (1 - mask) * background[None]
-    return image.clamp(0, 1), verts
+    kwargs = {"light": light, "ambient": ambient, "supersample": supersample, "vertices": verts}
+    if parsing:
+        image, mask, labels = head.render_with_parsing(params, (size, size), **kwargs)
+    else:
+        image, mask = head.render(params, (size, size), **kwargs)
+    image = (image * tint[None, :, None, None] + (1 - mask) * background[None]).clamp(0, 1)
+    return (image, verts, labels) if parsing else (image, verts)
 
 
 def _check_args(out_dir: Path, videos: int, frames: int, size: int, clips_per_identity: int,
@@ -229,7 +244,7 @@ def _synthesize(out: Path, videos: int, frames: int, size: int, seed: int, clips
         g = _generator(seed, _STREAM_VIDEO, v)
         params = sample_motion(identities[ident_idx], frames, g)
         with torch.no_grad():
-            image, verts = render_clip(head, params, size, g, supersample=supersample)
+            image, verts, labels = render_clip(head, params, size, g, supersample=supersample, parsing=True)
         split = "test" if ident_idx in test_ids else "train"
         name = f"id{ident_idx:04d}#clip{clip:02d}" + (".mp4" if video_format == "mp4" else "")
         video_path = out / split / name
@@ -241,6 +256,7 @@ def _synthesize(out: Path, videos: int, frames: int, size: int, seed: int, clips
             mesh_path(video_path), verts_pix, faces, flip_index=flip,
             params=params.to_dict(prefix=""), num_frames=frames,
         )
+        save_parsing(video_path, labels.numpy(), num_frames=frames, frame_size=(size, size))
         written[split].append(f"{split}/{name}")
         if progress is not None:
             progress(v + 1, videos)
@@ -275,6 +291,7 @@ def _synthesize(out: Path, videos: int, frames: int, size: int, seed: int, clips
         "identities": {"train": sorted(f"id{i:04d}" for i in range(num_ids) if i not in test_ids),
                        "test": sorted(f"id{i:04d}" for i in test_ids)},  # fmt: skip
         "num_landmarks": int(head.landmark_indices.numel()),
+        "parsing_labels": list(PARSING_LABELS),
         "num_vertices": head.num_vertices,
         "num_faces": int(faces.shape[0]),
         "pairs": len(rows),

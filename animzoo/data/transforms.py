@@ -8,7 +8,8 @@ motion between them is untouched:
   point 36 (an eye corner) stays "the same" eye corner of the flipped face; mesh vertices
   mirrored and re-indexed with the mesh sidecar's ``flip_index``. A mirror reverses the
   orientation of the triangles and the re-indexing reverses it again, so the face winding
-  (and back-face culling) stays valid for a left/right symmetric topology.
+  (and back-face culling) stays valid for a left/right symmetric topology; face-parsing maps
+  mirrored and relabelled with ``PARSING_FLIP`` (a left-eye pixel becomes a right-eye pixel).
 - colour jitter (brightness, contrast, saturation, hue) with kornia, one set of factors per
   sample.
 
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 from kornia import enhance
 
+from animzoo.data.annotations import PARSING_FLIP
+
 __all__ = [
     "AugmentConfig",
     "PairAugmentation",
@@ -42,6 +45,7 @@ __all__ = [
 IMAGE_KEYS = ("source", "driving")
 LANDMARK_KEYS = ("source_landmarks", "driving_landmarks")
 MESH_KEYS = ("source_mesh", "driving_mesh")
+PARSING_KEYS = ("source_parsing", "driving_parsing")
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,9 @@ def flip_batch(
 
     Images ``B x 3 x H x W`` are mirrored; landmarks ``B x L x 2`` become
     ``new[:, i] = mirror(old[:, perm[i]])`` with ``mirror(x, y) = (-x, y)``; meshes
-    ``B x V x 3`` likewise with ``batch["mesh_flip_index"]``. Flipping twice with an
-    involutive permutation is the identity. Returns a new dict (inputs untouched).
+    ``B x V x 3`` likewise with ``batch["mesh_flip_index"]``; parsing maps ``B x H x W`` are
+    mirrored and relabelled, ``new = PARSING_FLIP[old]`` (left and right parts swap). Flipping
+    twice with an involutive permutation is the identity. Returns a new dict (inputs untouched).
 
     Raises:
         ValueError: the batch has landmarks but no ``landmark_permutation``, or meshes but
@@ -162,6 +167,12 @@ def flip_batch(
                 verts = batch[key][:, index]
                 mirrored = torch.cat([-verts[..., :1], verts[..., 1:]], dim=-1)
                 out[key] = _select(mask, mirrored, batch[key])
+    for key in PARSING_KEYS:
+        if key in batch:
+            maps = batch[key]
+            # A mirror turns the subject's left eye into a right eye: relabel after mirroring.
+            table = torch.as_tensor(PARSING_FLIP, dtype=maps.dtype, device=maps.device)
+            out[key] = _select(mask, table[maps.flip(-1).long()], maps)
     return out
 
 
@@ -267,6 +278,7 @@ def _swap_source_driving(batch: Mapping[str, Any], mask: torch.Tensor) -> dict[s
         ("source", "driving"),
         ("source_landmarks", "driving_landmarks"),
         ("source_mesh", "driving_mesh"),
+        ("source_parsing", "driving_parsing"),
         ("source_frame_index", "frame_index"),
     ):
         if src in batch and drv in batch:

@@ -5,7 +5,8 @@ Layout of a dataset root::
 
     root/train/<video>   root/test/<video>    root/pairs.csv (optional: source,driving)
     <video> = a folder of frames | .mp4/.mov/.webm/.avi/.mkv | .gif | a horizontal .png/.jpg strip
-    sidecars: <video>.landmarks.npy, <video>.mesh.npz  (see animzoo.data.annotations)
+    sidecars: <video>.landmarks.npy, <video>.mesh.npz, <video>.parsing.npy
+              (see animzoo.data.annotations)
 
 When neither ``train/`` nor ``test/`` exists but videos sit directly in ``root``, the videos are
 split 80/20 by identity (the name before ``#``, i.e. by video name when there is no ``#``)
@@ -34,13 +35,17 @@ from animzoo.data.annotations import (
     landmarks_path,
     load_landmarks,
     load_mesh,
+    load_parsing,
     mesh_path,
     mesh_pixel_to_normalized,
     open_landmarks,
+    open_parsing,
+    parsing_path,
     pixel_to_normalized,
     sidecar_fix,
     sidecar_path,
     validate_landmarks,
+    validate_parsing,
 )
 from animzoo.errors import AnimzooInputError, DatasetError, SidecarError, VideoReadError
 
@@ -58,16 +63,19 @@ __all__ = [
     "SplitSummary",
     "InspectionReport",
     "inspect_dataset",
+    "resize_labels",
 ]
 
 Mode = Literal["pairs", "reconstruction", "cross"]
-SIDECAR_KINDS = ("landmarks", "mesh")
+SIDECAR_KINDS = ("landmarks", "mesh", "parsing")
 PAIRS_FILE = "pairs.csv"
 
 # Batch keys that are the same for every sample and are kept once, not stacked.
 SHARED_KEYS = frozenset({"mesh_faces", "mesh_flip_index", "mode", "has_ground_truth"})
 # Keys of a chunk that hold one entry per driving frame; everything else is per chunk.
-PER_FRAME_KEYS = frozenset({"driving", "driving_landmarks", "driving_mesh", "frame_index"})
+PER_FRAME_KEYS = frozenset(
+    {"driving", "driving_landmarks", "driving_mesh", "driving_parsing", "frame_index"}
+)
 
 
 # --------------------------------------------------------------------------- listing
@@ -319,6 +327,7 @@ class VideoFolder(Dataset):
         source, driving                        3 x H x W float [0, 1]
         source_landmarks, driving_landmarks    L x 2 normalised     (if "landmarks" required)
         source_mesh, driving_mesh              V x 3 normalised     (if "mesh" required)
+        source_parsing, driving_parsing        H x W long labels    (if "parsing" required)
         mesh_faces                             F x 3 long           (shared by the batch)
         mesh_flip_index                        V long               (if the sidecar has it)
         video_id, identity                     str
@@ -327,13 +336,16 @@ class VideoFolder(Dataset):
         has_ground_truth                       bool
 
     A chunk has ``driving`` ``n x 3 x H x W``, ``driving_landmarks`` ``n x L x 2``,
-    ``driving_mesh`` ``n x V x 3`` and ``frame_index`` ``n`` long, plus ``num_frames`` (the
+    ``driving_mesh`` ``n x V x 3``, ``driving_parsing`` ``n x H x W`` and ``frame_index`` ``n``
+    long, plus ``num_frames`` (the
     video's length, to know when a video is complete); cross chunks add ``source_video_id``,
     ``driving_video_id`` and ``driving_identity``, and ``video_id`` is
     ``"<source>__<driving>"``.
 
     Coordinates are normalised with the video's own frame size (align_corners=True), which
-    stays exact under the align-corners resize to ``image_size``.
+    stays exact under the align-corners resize to ``image_size``. Parsing maps (indices of
+    ``PARSING_LABELS``) are resized to ``image_size`` by nearest neighbour on the same grid
+    (:func:`resize_labels`).
     """
 
     def __init__(
@@ -367,7 +379,9 @@ class VideoFolder(Dataset):
         self.requires = frozenset(requires)
         unknown = self.requires - set(SIDECAR_KINDS)
         if unknown:
-            raise ValueError(f"requires may hold 'landmarks' and 'mesh', got {sorted(unknown)}")
+            raise ValueError(
+                f"requires may hold {', '.join(repr(k) for k in SIDECAR_KINDS)}, got {sorted(unknown)}"
+            )
         self.seed = int(seed)
         if mode not in ("pairs", "reconstruction", "cross"):
             raise ValueError(f"mode must be 'pairs', 'reconstruction' or 'cross', got {mode!r}")
@@ -514,6 +528,22 @@ class VideoFolder(Dataset):
         validate_landmarks(rows, path, frame_indices=indices)
         return torch.from_numpy(pixel_to_normalized(rows, size))
 
+    def _parsing(
+        self, video: VideoEntry, indices: Sequence[int], num_frames: int, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Parsing labels ``N x H x W`` long of frames ``indices`` (reads only those rows),
+        resized to ``image_size`` by nearest neighbour like the frames."""
+        path = parsing_path(video.path)
+        table = open_parsing(path)
+        # Shape checks on the memory map read the header only; values only of the rows read.
+        validate_parsing(table, path, num_frames=num_frames, frame_size=size, check_values=False)
+        rows = np.asarray(table[np.asarray(indices)])
+        validate_parsing(rows, path, frame_indices=indices)
+        maps = torch.from_numpy(rows.astype(np.int64))
+        if self.image_size is not None:
+            maps = resize_labels(maps, (self.image_size, self.image_size))
+        return maps
+
     def _mesh(
         self, video: VideoEntry, indices: Sequence[int], num_frames: int, size: tuple[int, int]
     ) -> dict[str, torch.Tensor]:
@@ -563,6 +593,11 @@ class VideoFolder(Dataset):
             sample["mesh_faces"] = drv["mesh_faces"]
             if "mesh_flip_index" in drv:
                 sample["mesh_flip_index"] = drv["mesh_flip_index"]
+        if "parsing" in self.requires:
+            src = self._parsing(source, source_indices, num_frames[source.path], sizes[source.path])
+            drv = self._parsing(driving, driving_indices, num_frames[driving.path], sizes[driving.path])
+            sample["source_parsing"] = src[0]
+            sample["driving_parsing"] = pick(drv)
 
     def _pair_item(self, epoch: int, item: int) -> dict[str, Any]:
         rng = self.rng_for(epoch, item)
@@ -651,6 +686,31 @@ class VideoFolder(Dataset):
         )
 
 
+# --------------------------------------------------------------------------- label maps
+
+
+def resize_labels(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of label maps ``... x H x W`` to ``size`` = ``(h, w)``.
+
+    Same grid as the frames' align_corners=True resize: output pixel centre ``j`` of ``n_out``
+    takes input pixel ``round(j * (n_in - 1) / (n_out - 1))`` (ties to the larger index; integer
+    arithmetic, so no float rounding), so corner pixels map onto corner pixels and a label stays
+    under the image feature it labels. Labels are never mixed.
+    """
+    out = maps
+    for axis, n_out in ((-2, int(size[0])), (-1, int(size[1]))):
+        n_in = int(maps.shape[axis])
+        if n_in == n_out:
+            continue
+        j = torch.arange(n_out, dtype=torch.long)
+        if n_out == 1:
+            index = torch.zeros(1, dtype=torch.long)
+        else:  # floor((2 j (n_in - 1) + (n_out - 1)) / (2 (n_out - 1))) = round half up
+            index = torch.div(2 * j * (n_in - 1) + (n_out - 1), 2 * (n_out - 1), rounding_mode="floor")
+        out = out.index_select(out.dim() + axis, index.to(out.device))
+    return out
+
+
 # --------------------------------------------------------------------------- collation
 
 
@@ -685,7 +745,8 @@ def _collate_value(key: str, values: list[Any]) -> Any:
 
 def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Collate pairs samples into a batch (images ``B x 3 x H x W``, landmarks ``B x L x 2``,
-    meshes ``B x V x 3``, ``mesh_faces`` ``F x 3`` once, ids as lists of str, indices ``B``)."""
+    meshes ``B x V x 3``, parsing maps ``B x H x W``, ``mesh_faces`` ``F x 3`` once, ids as
+    lists of str, indices ``B``)."""
     return {key: _collate_value(key, [s[key] for s in samples]) for key in samples[0]}
 
 
@@ -793,6 +854,7 @@ class SplitSummary:
     frames: int = 0
     landmarks: int = 0
     meshes: int = 0
+    parsing: int = 0
 
 
 @dataclass
@@ -814,7 +876,8 @@ class InspectionReport:
         for name, s in self.splits.items():
             lines.append(
                 f"  {name}: {s.videos} videos, {s.frames} frames, "
-                f"{s.landmarks} landmark sidecars, {s.meshes} mesh sidecars"
+                f"{s.landmarks} landmark sidecars, {s.meshes} mesh sidecars, "
+                f"{s.parsing} parsing sidecars"
             )
         if self.pairs:
             lines.append(f"  pairs.csv: {self.pairs} pairs")
@@ -883,7 +946,8 @@ def inspect_dataset(
 
     Checks: the layout (root, missing split, empty split), every video (readable, not
     empty, frame count; fully decoded unless ``full_decode=False``), every sidecar (shape,
-    frame count, NaN / inf, landmark count, mesh faces and flip index, one mesh topology),
+    frame count, NaN / inf, landmark count, mesh faces and flip index, one mesh topology,
+    parsing maps' dtype, frame size and label range),
     sidecars without a video, mixed frame sizes, and ``pairs.csv`` rows.
     """
     root = Path(root)
@@ -926,7 +990,7 @@ def inspect_dataset(
                 Problem(root / split if has.get(split) else root, f"split {split!r} has no videos",
                         _layout_fix(root))
             )
-        lacking: dict[str, list[Path]] = {"landmarks": [], "mesh": []}
+        lacking: dict[str, list[Path]] = {"landmarks": [], "mesh": [], "parsing": []}
         for video in videos:
             result = _inspect_video(video, frame_shape, full_decode, problems)
             if result is not None:
@@ -965,6 +1029,19 @@ def inspect_dataset(
                     problems.append(Problem(me_path, _without_path(str(err), me_path), sidecar_fix("mesh")))
             else:
                 lacking["mesh"].append(me_path)
+            pa_path = parsing_path(video.path)
+            if pa_path.is_file():
+                summary.parsing += 1
+                try:
+                    load_parsing(
+                        pa_path, num_frames=num_frames, frame_size=None if result is None else result[1]
+                    )
+                except SidecarError as err:
+                    problems.append(
+                        Problem(pa_path, _without_path(str(err), pa_path), sidecar_fix("parsing", root))
+                    )
+            else:
+                lacking["parsing"].append(pa_path)
         # Partial coverage: a method that requires the sidecar would refuse the dataset.
         for kind, paths in lacking.items():
             if paths and len(paths) < len(videos):
@@ -991,7 +1068,7 @@ def inspect_dataset(
     # Sidecars whose video does not exist (renamed or deleted videos).
     for folder in folders:
         for path in sorted(folder.iterdir()):
-            for suffix in (".landmarks.npy", ".mesh.npz"):
+            for suffix in (".landmarks.npy", ".mesh.npz", ".parsing.npy"):
                 if path.name.endswith(suffix) and not Path(str(path)[: -len(suffix)]).exists():
                     problems.append(
                         Problem(path, "sidecar without a video", "rename it to match its video or delete it")

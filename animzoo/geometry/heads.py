@@ -272,6 +272,7 @@ _NOSE_TIP_Y = 0.3
 _JAW_OPEN = 0.17  # how far the lower lip / chin drop at mouth_open = 1
 
 _SKIN, _EYE, _MOUTH, _LID_UP, _LID_LOW, _NECK = range(6)  # part ids
+_BROW_OPACITY = 0.92  # the brow colour's blend weight at the band's core
 
 
 def _skin_shape(p: Tensor) -> Tensor:
@@ -349,7 +350,9 @@ class ProceduralHead(nn.Module):
 
     Rendering (:meth:`render`) interpolates template coordinates and part ids with the rasterizer
     and evaluates a procedural texture per pixel (hair, brows, lips, nostrils, iris, lashes),
-    with Lambert shading.
+    with Lambert shading. :meth:`render_with_parsing` also returns the face-parsing map of the
+    same pixels (labels of ``animzoo.data.annotations.PARSING_LABELS``), from the visible faces
+    (``face_parsing``: F long, the label of each face) and the texture layers.
 
     Attributes:
         identity_dim: length of the identity vector (18, :data:`IDENTITY_NAMES`).
@@ -578,6 +581,21 @@ class ProceduralHead(nn.Module):
         self.register_buffer("_hair_y", torch.tensor([-0.5, -0.54, -0.4, 0.12, 0.14, -0.1, -0.1, 0.2, 0.45, 0.5]), persistent=False)
         nostril = skin[lm[34]][:2]
         self._nostril = (float(nostril[0]), float(nostril[1]))
+
+        # Face-parsing label of every face; skin faces are refined per pixel by the texture
+        # (:meth:`_skin_labels`). The label set is a data format, defined with the sidecars.
+        from animzoo.data.annotations import PARSING_LABELS
+
+        ids = {name: i for i, name in enumerate(PARSING_LABELS)}
+        self._parsing_ids = ids
+        first = self.faces[:, 0]  # every face lies in one part
+        face_parsing = torch.full((self.faces.shape[0],), ids["skin"], dtype=torch.long)  # lids too
+        face_parsing[part[first] == _MOUTH] = ids["mouth"]
+        face_parsing[part[first] == _NECK] = ids["neck"]
+        # The first eyeball sits at -_EYE_X: the subject's right eye (image left when frontal).
+        face_parsing[(first >= offs[3]) & (first < offs[4])] = ids["right_eye"]
+        face_parsing[(first >= offs[4]) & (first < offs[5])] = ids["left_eye"]
+        self.register_buffer("face_parsing", face_parsing, persistent=False)
 
     def _surface_at(self, xy: Tensor, skin: Tensor, n_grid: int) -> Tensor:
         """Template skin point nearest (in frontal x, y) to each query, front half only."""
@@ -822,12 +840,15 @@ class ProceduralHead(nn.Module):
         static = torch.cat([self.texcoords, onehot], -1)[None].expand(batch, -1, -1)
         return torch.cat([static[..., :4], shade[..., None], static[..., 4:]], -1)
 
-    def _albedo(self, attr: Tensor, identity: Tensor) -> Tensor:
+    def _albedo(self, attr: Tensor, identity: Tensor, labels: Tensor | None = None) -> Tensor:
         """Procedural texture, evaluated only where needed (each part on its own pixels).
 
         Args:
             attr: N x C interpolated attributes (C = 11; see :meth:`_vertex_attributes`).
             identity: N x identity_dim, the identity of each sample.
+            labels: N long parsing labels of the pixels' faces (see :meth:`render_with_parsing`);
+                when given, the labels of skin pixels are refined in place from the same texture
+                layers that paint them (hair, brows, nose, lips).
 
         Returns:
             N x 3 albedo in [0, 1].
@@ -838,42 +859,82 @@ class ProceduralHead(nn.Module):
                         ((_MOUTH,), self._mouth_albedo), ((_LID_UP, _LID_LOW, _NECK), self._lid_albedo)):  # fmt: skip
             sel = (part == ids[0]) if len(ids) == 1 else (part >= ids[0])
             idx = sel.nonzero().squeeze(1)
-            if idx.numel():
+            if not idx.numel():
+                continue
+            if ids[0] == _SKIN:
+                layers = self._skin_layers(attr[idx], identity[idx])
+                out[idx] = self._skin_albedo(attr[idx], identity[idx], part[idx], layers=layers)
+                if labels is not None:
+                    labels[idx] = self._skin_labels(attr[idx], layers)
+            else:
                 out[idx] = fn(attr[idx], identity[idx], part[idx])
         return out.clamp(0, 1)
 
-    def _skin_albedo(self, attr: Tensor, identity: Tensor, part: Tensor) -> Tensor:
+    def _skin_layers(self, attr: Tensor, identity: Tensor) -> dict[str, Tensor]:
+        """Blend weights (N each, in [0, 1]) of the skin texture's layers: ``hair``, ``brow``,
+        ``nostril`` and ``lip``, at template coordinates ``attr[:, :3]`` (plus ``azim``, the
+        azimuth that the hair strands follow).
+
+        Shared by the texture (:meth:`_skin_albedo`) and the parsing labels
+        (:meth:`_skin_labels`), so a labelled region is exactly the painted one.
+        """
         tx, ty, tz = attr[:, 0], attr[:, 1], attr[:, 2]
-        skin, hair, lip = identity[:, 6:9], identity[:, 9:12], identity[:, 12:15]
         ax = tx.abs()
-        # A little blush on the cheeks and a darker socket around the eyes.
-        blush = 0.12 * _gauss(ax - 0.33, 0.1) * _gauss(ty - 0.33, 0.09)
-        albedo = skin * (1 - blush[:, None] * attr.new_tensor([0.0, 0.5, 0.45]))
-        socket = 0.14 * _gauss(ax - _EYE_X, 0.11) * _gauss(ty - _EYE_Y + 0.02, 0.08)
-        albedo = albedo * (1 - socket[:, None])
         # Hair above a hairline that drops from the forehead past the ears to the nape.
         azim = torch.atan2(tx, -tz).abs()
         line = _interp(azim, self._hair_azim, self._hair_y) - 0.12 * identity[:, 5] * _ss(1.2, 0.6, azim)
         hair_m = _ss(0.02, -0.02, ty - line)
-        strands = 1 + 0.07 * torch.sin(azim * 70 + 8 * ty) + 0.05 * torch.sin(azim * 23 - 5 * ty)
-        albedo = torch.lerp(albedo, hair * strands[:, None], hair_m[:, None])
         # Brows: a band under the brow landmark line, thinning towards the temple.
         bx, by = self._brow_line[:, 0], self._brow_line[:, 1]
         top = _interp(ax, bx, by)
         thick = 0.065 - 0.025 * ((ax - bx[0]) / (bx[-1] - bx[0])).clamp(0, 1)
         brow_m = _ss(-0.012, 0.008, ty - top) * _ss(0.008, -0.012, ty - top - thick)
         brow_m = brow_m * _ss(bx[0] - 0.03, bx[0] + 0.01, ax) * _ss(bx[-1] + 0.03, bx[-1] - 0.005, ax)
-        albedo = torch.lerp(albedo, hair * 0.4 + 0.02, (0.92 * brow_m)[:, None])
         # Nostrils: two dark ellipses under the tip.
         nx, ny = self._nostril
         nos = _ss(1.0, 0.6, ((ax - nx * 0.95) / 0.032) ** 2 + ((ty - ny + 0.005) / 0.016) ** 2)
-        albedo = albedo * (1 - 0.65 * nos[:, None])
         # Lips between the outer lip lines (piecewise linear through the lip landmarks).
         up = _interp(tx, self._lip_up[:, 0], self._lip_up[:, 1])
         low = _interp(tx, self._lip_low[:, 0], self._lip_low[:, 1])
         xc = self._lip_up[-1, 0]
         lip_m = _ss(-0.01, 0.006, ty - up) * _ss(0.006, -0.01, ty - low) * _ss(xc + 0.005, xc - 0.02, ax)
-        return torch.lerp(albedo, lip, lip_m[:, None])
+        return {"azim": azim, "hair": hair_m, "brow": brow_m, "nostril": nos, "lip": lip_m}
+
+    def _skin_albedo(
+        self, attr: Tensor, identity: Tensor, part: Tensor, layers: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        tx, ty = attr[:, 0], attr[:, 1]
+        skin, hair, lip = identity[:, 6:9], identity[:, 9:12], identity[:, 12:15]
+        if layers is None:
+            layers = self._skin_layers(attr, identity)
+        ax = tx.abs()
+        # A little blush on the cheeks and a darker socket around the eyes.
+        blush = 0.12 * _gauss(ax - 0.33, 0.1) * _gauss(ty - 0.33, 0.09)
+        albedo = skin * (1 - blush[:, None] * attr.new_tensor([0.0, 0.5, 0.45]))
+        socket = 0.14 * _gauss(ax - _EYE_X, 0.11) * _gauss(ty - _EYE_Y + 0.02, 0.08)
+        albedo = albedo * (1 - socket[:, None])
+        azim = layers["azim"]
+        strands = 1 + 0.07 * torch.sin(azim * 70 + 8 * ty) + 0.05 * torch.sin(azim * 23 - 5 * ty)
+        albedo = torch.lerp(albedo, hair * strands[:, None], layers["hair"][:, None])
+        albedo = torch.lerp(albedo, hair * 0.4 + 0.02, (_BROW_OPACITY * layers["brow"])[:, None])
+        albedo = albedo * (1 - 0.65 * layers["nostril"][:, None])
+        return torch.lerp(albedo, lip, layers["lip"][:, None])
+
+    def _skin_labels(self, attr: Tensor, layers: dict[str, Tensor]) -> Tensor:
+        """Parsing labels (N long) of skin pixels: the texture layer that dominates the pixel's
+        colour (blend weight > 1/2), in painting order (hair, brows, lips over skin), and the
+        nose region of the template (the skin shaping's nose ridge and wings)."""
+        lab = self._parsing_ids
+        tx, ty = attr[:, 0], attr[:, 1]
+        out = torch.full_like(tx, lab["skin"], dtype=torch.long)
+        out[_nose_region(tx, ty)] = lab["nose"]
+        out[layers["hair"] > 0.5] = lab["hair"]
+        brow = _BROW_OPACITY * layers["brow"] > 0.5
+        # x > 0 is the subject's left side of the template (the left eye sits at +_EYE_X).
+        out[brow & (tx > 0)] = lab["left_brow"]
+        out[brow & (tx <= 0)] = lab["right_brow"]
+        out[layers["lip"] > 0.5] = lab["mouth"]
+        return out
 
     def _lid_albedo(self, attr: Tensor, identity: Tensor, part: Tensor) -> Tensor:
         """Eyelids (skin with dark lashes along the margins) and the neck (darker skin)."""
@@ -931,7 +992,46 @@ class ProceduralHead(nn.Module):
         Returns:
             (image B x 3 x H x W in [0, 1], coverage B x 1 x H x W in [0, 1]).
         """
-        from animzoo.geometry.raster import render as raster_render
+        image, mask, _ = self._render(params, image_size, light, ambient, supersample, vertices, False)
+        return image, mask
+
+    def render_with_parsing(
+        self,
+        params: HeadParams,
+        image_size: tuple[int, int],
+        *,
+        light: Tensor | None = None,
+        ambient: Tensor | float = 0.45,
+        supersample: int = 1,
+        vertices: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`render` plus the face-parsing map of the same pixels, in one rasterization.
+
+        Labels index ``animzoo.data.annotations.PARSING_LABELS``. They come from the visible face
+        of each pixel (eyeballs: right / left eye; mouth interior: mouth; neck; lids: skin) and,
+        on the skin, from the texture layer that paints the pixel (hair, brows, lips) or the
+        nose region, so they are exact for the rendered image, not derived from landmarks.
+        Background (0) is exactly where no face covers the pixel centre. With ``supersample``
+        s > 1 a pixel gets the most frequent label of its s x s samples (ties: the lower label).
+
+        Returns:
+            (image B x 3 x H x W, coverage B x 1 x H x W, labels B x H x W uint8).
+        """
+        image, mask, labels = self._render(params, image_size, light, ambient, supersample, vertices, True)
+        assert labels is not None
+        return image, mask, labels
+
+    def _render(
+        self,
+        params: HeadParams,
+        image_size: tuple[int, int],
+        light: Tensor | None,
+        ambient: Tensor | float,
+        supersample: int,
+        vertices: Tensor | None,
+        parsing: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        from animzoo.geometry.raster import interpolate, rasterize
 
         if vertices is None:
             vertices = self.vertices(params)
@@ -950,19 +1050,35 @@ class ProceduralHead(nn.Module):
         verts = vertices
         if s > 1:
             verts = _supersample_vertices(vertices, (height, width), s)
-        attr_img, mask = raster_render(verts, self.faces, attrs, (height * s, width * s))
+        # rasterize + interpolate (= raster.render), keeping the face index for the labels.
+        fragments = rasterize(verts, self.faces, (height * s, width * s))
+        attr_img = interpolate(fragments, self.faces, attrs)
+        mask = fragments.mask.to(attr_img.dtype)
         # Texture only the covered pixels.
         flat = attr_img.permute(0, 2, 3, 1).reshape(-1, attr_img.shape[1])
         pix = (mask.reshape(-1) > 0).nonzero().squeeze(1)
         covered = flat[pix]
         sample = torch.div(pix, attr_img.shape[2] * attr_img.shape[3], rounding_mode="floor")
-        shaded = self._albedo(covered, params.identity.to(dev, dt)[sample]) * covered[:, 4:5]
+        labels_cov = None
+        if parsing:
+            labels_cov = self.face_parsing[fragments.face_index.reshape(-1)[pix]]
+        shaded = self._albedo(covered, params.identity.to(dev, dt)[sample], labels_cov) * covered[:, 4:5]
         color = torch.zeros(flat.shape[0], 3, dtype=dt, device=dev).index_copy_(0, pix, shaded)
         color = color.view(batch, height * s, width * s, 3).permute(0, 3, 1, 2)
+        labels = None
+        if parsing:
+            assert labels_cov is not None
+            labels = torch.zeros(flat.shape[0], dtype=torch.long, device=dev).index_copy_(0, pix, labels_cov)
+            labels = labels.view(batch, height * s, width * s)
+            if s > 1:
+                # Majority vote over each s x s block (argmax takes the first, i.e. lower, label).
+                votes = F.one_hot(labels, len(self._parsing_ids)).permute(0, 3, 1, 2).to(dt)
+                labels = F.avg_pool2d(votes, s).argmax(1)
+            labels = labels.to(torch.uint8)
         if s > 1:
             color = F.avg_pool2d(color, s)
             mask = F.avg_pool2d(mask, s)
-        return color, mask
+        return color, mask, labels
 
 
 def _supersample_vertices(vertices: Tensor, size: tuple[int, int], s: int) -> Tensor:
@@ -974,6 +1090,15 @@ def _supersample_vertices(vertices: Tensor, size: tuple[int, int], s: int) -> Te
         hi = s * pix + (s - 1) / 2  # block of s hi-res pixels centred on it
         out[..., axis] = 2 * hi / (s * n - 1) - 1
     return out
+
+
+def _nose_region(tx: Tensor, ty: Tensor) -> Tensor:
+    """Whether template points (x, y) lie on the nose: from between the eyes down to under the
+    nostrils, widening from the bridge to the wings (what the skin shaping pushes out)."""
+    ax = tx.abs()
+    half_width = 0.045 + 0.08 * _ss(0.0, 0.36, ty)
+    bottom = 0.43 - 2.0 * ax**2
+    return (ty >= _EYE_Y - 0.02) & (ty <= bottom) & (ax <= half_width)
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     synthesize(tmp_path / "b", seed=3, **kw)
     synthesize(tmp_path / "c", seed=4, **kw)
     a, b, c = (_files(tmp_path / k) for k in "abc")
-    assert len(a) == 4 * 3 + 2  # video + 2 sidecars each, pairs.csv, synthetic.json
+    assert len(a) == 4 * 4 + 2  # video + 3 sidecars each, pairs.csv, synthetic.json
     assert a == b
     assert a.keys() == c.keys()
     differing = [k for k in a if a[k] != c[k]]
