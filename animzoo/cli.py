@@ -43,6 +43,24 @@ account is configured; `--trainer.logger CSVLogger --trainer.logger.save_dir run
 EPILOG_DATA = """examples:
   animzoo data synth --out data/synthetic-64 --videos 200 --frames 32 --size 64 --seed 0
   animzoo data inspect data/synthetic-64
+  animzoo data annotate --landmarks dlib68 ~/data/vox
+"""
+
+EPILOG_ANNOTATE = """examples:
+  animzoo data annotate --landmarks animzoo70 data/synthetic-64    # SyntheticHeads
+  animzoo data annotate --landmarks dlib68 ~/data/vox --batch-size 64
+  animzoo data annotate --landmarks fan68 ~/data/vox --device cuda --overwrite
+
+Writes <video>.landmarks.npy (T x L x 2 float32 pixels) for every video of train/ and test/ (or
+of the root without split folders) and of pairs.csv. Frames without a detected face are filled by
+linear interpolation in time; a video without any face gets no sidecar. Videos that already have
+a sidecar are skipped without decoding unless --overwrite. The per-video report (frames, detection
+rate, interpolated frames, SMS in pixels, status) is printed and saved as JSON to
+ROOT/annotate-landmarks-BACKEND.json (or --report FILE). Exit status 0 when every video has a
+sidecar afterwards, 1 when some failed (listed), 2 on bad arguments.
+Backends: animzoo70 (animzoo's detector, for SyntheticHeads), dlib68 (real faces; non-commercial
+model), mediapipe478 (pip install mediapipe==0.10.21), fan68 (FAN weight files, see
+`animzoo weights list`).
 """
 
 EPILOG_SYNTH = """examples:
@@ -50,8 +68,8 @@ EPILOG_SYNTH = """examples:
   animzoo data synth --out data/tiny --videos 8 --frames 12 --size 32 --format png
 
 Writes root/train and root/test (split by identity), one <identity>#<clip> video per clip with
-its <video>.landmarks.npy and <video>.mesh.npz sidecars, pairs.csv (cross-identity test pairs)
-and synthetic.json. The same seed gives the same bytes.
+its <video>.landmarks.npy, <video>.mesh.npz and <video>.parsing.npy sidecars, pairs.csv
+(cross-identity test pairs) and synthetic.json. The same seed gives the same bytes.
 """
 
 EPILOG_INSPECT = """examples:
@@ -146,6 +164,36 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(handler=_run_inspect)
 
+    annotate = data_commands.add_parser(
+        "annotate",
+        help="write landmark sidecars for every video with a landmark backend",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_ANNOTATE,
+    )
+    annotate.add_argument("root", type=Path, metavar="DIR", help="dataset root (first-order-model layout)")
+    annotate.add_argument(
+        "--landmarks", required=True, metavar="BACKEND",
+        help="landmark backend: animzoo70, dlib68, mediapipe478 or fan68",
+    )
+    annotate.add_argument(
+        "--overwrite", action="store_true", help="re-annotate videos that already have a sidecar"
+    )
+    annotate.add_argument(
+        "--batch-size", type=int, default=32, help="frames decoded and detected at once (default 32)"
+    )
+    annotate.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
+    )
+    annotate.add_argument(
+        "--frame-shape", type=int, nargs=2, metavar=("H", "W"),
+        help="frame size of horizontal png/jpg strips",
+    )
+    annotate.add_argument(
+        "--report", type=Path, default=None, metavar="FILE.json",
+        help="where to save the JSON report (default: DIR/annotate-landmarks-BACKEND.json)",
+    )
+    annotate.set_defaults(handler=_run_annotate)
+
     weights = commands.add_parser(
         "weights",
         help="list, download and verify the weight files animzoo uses",
@@ -232,13 +280,33 @@ EPILOG_ANIMATE = """examples:
   animzoo animate --checkpoint runs/monkeynet/last.ckpt --source face.png --driving talk.mp4 \\
       --output out.mp4 --relative --adapt-scale --find-best-frame --side-by-side
   animzoo animate --pretrained path/to/pretrained_folder --source face.jpg --driving frames/ --fps 30 --output out.gif
+  animzoo animate --checkpoint runs/sparse2dense/last.ckpt --source face.png \
+      --driving-landmarks speech.npy --landmarks-size 256x256 --adapt-scale --fps 25 --output talk.mp4
 
 The output has the driving video's length and frame rate (a folder of frames or a strip has no
 frame rate: 25 fps unless --fps). Sources and driving frames of another size than the model's are
 resized (with a warning). --relative transfers the driving motion relative to driving frame 0 (or,
 with --find-best-frame, to the driving frame whose keypoints best match the source's, found with
 the method's own keypoints). Exit status 2 on bad input, with a one-line message.
+
+Landmark-driven methods (sparse2dense) also take --driving-landmarks instead of --driving: a .npy
+of T x L x 2 float pixel coordinates (x then y) of a frame of --landmarks-size HxW (default: the
+source image's size), e.g. an audio-to-landmarks model's output. One output frame per landmark
+frame, at --fps (default 25). With --driving-landmarks, motion is relative by default (the
+landmarks of another face would deform the source in absolute mode); --no-relative for absolute.
 """
+
+
+def _size_hxw(text: str) -> tuple[int, int]:
+    """``--landmarks-size``: ``HxW`` (e.g. ``256x256``) or one number for a square frame."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        height, width = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if len(parts) > 2 or height < 2 or width < 2:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW with H, W >= 2 (e.g. 256x256), got {text!r}") from None
+    return height, width
 
 
 def _add_animate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -247,8 +315,9 @@ def _add_animate_parser(subparsers: Any) -> argparse.ArgumentParser:
     not import torch."""
     parser = subparsers.add_parser(
         "animate",
-        help="animate a source image with a driving video",
-        description="Animate a source image with a driving video using a trained or pretrained method.",
+        help="animate a source image with a driving video (or a landmark sequence)",
+        description="Animate a source image with a driving video, or a landmark sequence for landmark-driven "
+        "methods, using a trained or pretrained method.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG_ANIMATE,
     )
@@ -260,16 +329,35 @@ def _add_animate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--method", help="expected method of --checkpoint (refuses another one)")
     parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
-    parser.add_argument(
-        "--driving", required=True, type=Path, metavar="VIDEO",
+    drive = parser.add_mutually_exclusive_group(required=True)
+    drive.add_argument(
+        "--driving", type=Path, metavar="VIDEO",
         help="driving video (mp4/mov/webm/avi/mkv, gif, folder of frames, png strip with --frame-shape)",
     )
+    drive.add_argument(
+        "--driving-landmarks", type=Path, metavar="FILE.npy",
+        help="instead of --driving, for landmark-driven methods: T x L x 2 float pixel coordinates (x, y)",
+    )
+    parser.add_argument(
+        "--landmarks-size", type=_size_hxw, metavar="HxW",
+        help="frame size the --driving-landmarks pixels refer to (default: the source image's size)",
+    )
+    parser.add_argument(
+        "--source-landmarks", type=Path, metavar="FILE.npy",
+        help="L x 2 pixel coordinates of the source image's landmarks (default: the method's detector)",
+    )
     parser.add_argument("--output", required=True, type=Path, metavar="OUT", help="output video (.mp4, .gif, ...)")
-    parser.add_argument("--relative", action="store_true", help="relative motion transfer (first-order-model --relative)")
+    parser.add_argument(
+        "--relative", action=argparse.BooleanOptionalAction, default=None,
+        help="relative motion transfer (first-order-model --relative); default: off with --driving, "
+        "on with --driving-landmarks",
+    )
     parser.add_argument("--adapt-scale", action="store_true", help="scale relative motion by the keypoint hull ratio")
     parser.add_argument("--find-best-frame", action="store_true", help="reference = driving frame closest to the source pose")
-    parser.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
-    parser.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
+    parser.add_argument("--side-by-side", action="store_true", help="write source | driving (or its landmarks) | result")
+    parser.add_argument(
+        "--fps", type=float, help="output frame rate (default: the driving video's; 25 with --driving-landmarks)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass (default 16)")
     parser.add_argument("--frame-shape", type=int, nargs=2, metavar=("H", "W"), help="frame size of a png strip driving video")
@@ -386,11 +474,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
         landmark_count=args.landmark_count,
     )
     summary = Table(title=f"dataset {args.root}")
-    for column in ("split", "videos", "frames", "landmarks", "meshes"):
+    for column in ("split", "videos", "frames", "landmarks", "meshes", "parsing"):
         summary.add_column(column, justify="right" if column != "split" else "left")
     for split, counts in report.splits.items():
         summary.add_row(
-            split, str(counts.videos), str(counts.frames), str(counts.landmarks), str(counts.meshes)
+            split, str(counts.videos), str(counts.frames), str(counts.landmarks), str(counts.meshes),
+            str(counts.parsing),
         )
     console.print(summary)
     if not report.problems:
@@ -403,6 +492,53 @@ def _run_inspect(args: argparse.Namespace) -> int:
     for problem in report.problems:
         problems.add_row(str(problem.path), problem.message, problem.fix)
     console.print(problems)
+    return 1
+
+
+def _run_annotate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from animzoo.data.annotate import annotate_landmarks, default_report_path
+
+    errors = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=errors, transient=True,
+    ) as progress:
+        task = progress.add_task(f"annotating with {args.landmarks}", total=None)
+
+        def report_progress(done: int, total: int, row: object) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = annotate_landmarks(
+            args.root, args.landmarks, overwrite=args.overwrite, batch_size=args.batch_size,
+            device=args.device, progress=report_progress,
+            frame_shape=tuple(args.frame_shape) if args.frame_shape else None,
+        )
+    console = Console()
+    header, rows = report.table()
+    table = Table(title=f"landmarks of {args.root} ({report.backend})")
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index in (0, len(header) - 1) else "right",
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    console.print(escape(report.summary()))
+    path = args.report if args.report is not None else default_report_path(args.root, args.landmarks)
+    try:
+        report.save(path)
+        console.print(f"report: {escape(str(path))}")
+    except OSError as err:  # a read-only dataset: the table above is the report
+        errors.print(f"[yellow]warning:[/yellow] cannot write the report {escape(str(path))} ({escape(str(err))})")
+    if report.ok:
+        return 0
+    errors.print(f"[red]{len(report.failures)} video(s) failed:[/red]")
+    for row in report.failures:
+        errors.print(f"- {escape(str(row.video))}: {escape(row.reason)}", soft_wrap=True)
     return 1
 
 

@@ -5,6 +5,10 @@ blue channels. ``animate_with_motion`` translates the source by the mean keypoin
 (rounded to whole pixels, ``torch.roll``), so on images of coloured squares on black the
 expected frames are exact ``np.roll``s. With ``mix > 0`` the prediction also goes through a
 random 1x1 convolution (``proj``), so that the output depends on the weights.
+
+``CentroidLandmarks`` is the same motion as a landmark-driven method (``motion_kind =
+"landmarks"``, ``num_landmarks = 3``): the three centroids are its "facial landmarks", so a
+landmark file of square centres in pixels, ``landmark_pixels(points)``, drives it exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from animzoo.geometry.grid import make_coordinate_grid
 from animzoo.methods.base import AnimationModule
 
 NAME = "test_centroid_shift"
+LANDMARKS_NAME = "test_centroid_landmarks"
 
 
 @contextlib.contextmanager
@@ -70,6 +75,26 @@ class CentroidShift(AnimationModule):
         return self.animate_with_motion(
             batch["source"], self.extract_motion(batch["source"]), self.extract_motion(batch["driving"])
         )
+
+
+class CentroidLandmarks(CentroidShift):
+    """CentroidShift as a landmark-driven method. Like a real one it requires dataset landmarks
+    for training, and its ``animate(batch)`` reads them from the batch (so an Animator that called
+    it with only frames would fail): the Animator must go through the motion API."""
+
+    motion_kind = "landmarks"
+    num_landmarks = 3
+    requires = frozenset({"landmarks"})
+
+    def animate(self, batch: dict) -> dict:
+        return self.animate_with_motion(
+            batch["source"], {"value": batch["source_landmarks"]}, {"value": batch["driving_landmarks"]}
+        )
+
+
+def landmark_pixels(points, dy: float = 0, dx: float = 0) -> np.ndarray:
+    """``L x 2`` float32 (x, y) pixel landmarks of squares centred at (row, col) ``points``, moved by (dy, dx)."""
+    return np.array([(c + dx, r + dy) for r, c in points], np.float32)
 
 
 def blobs(size: int = 32, points=((8, 8), (8, 20), (20, 12)), half: int = 2) -> np.ndarray:
