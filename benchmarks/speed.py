@@ -1,19 +1,24 @@
-"""Training and inference speed of Monkey-Net, with peak memory.
+"""Training and inference speed of a method (Monkey-Net, sparse-to-dense), with peak memory.
 
-    python benchmarks/speed.py                                   # 64 px (synthetic recipe) and 256 px (vox recipe)
+    python benchmarks/speed.py                                   # Monkey-Net, 64 px (synthetic recipe) and 256 px (vox recipe)
+    python benchmarks/speed.py --method sparse2dense             # the same for sparse-to-dense
     python benchmarks/speed.py --sizes 64 --batch-size 16 --threads 2 --json out.json
     python benchmarks/speed.py --device cuda --sizes 256 --batch-size 20
 
-A training step is what ``animzoo fit`` runs per batch: generator step (keypoint detector,
-dense motion, generator, discriminator feature matching + LSGAN), backward, Adam step, then
-the discriminator step, backward, Adam step. Inference is ``animate`` in eval mode without
+A training step is what ``animzoo fit`` runs per batch: the method's generator step (for
+Monkey-Net: keypoint detector, dense motion, generator, discriminator feature matching + LSGAN;
+for sparse-to-dense: global + local motion branches, generator, perceptual + L1 + LSGAN +
+parsing prior), backward, Adam step, then the discriminator step, backward, Adam step.
+Landmark-driven methods get random face-like landmarks (and parsing maps when they need them).
+When a recipe asks for the VGG19 perceptual loss and the file is not on this machine, a VGG19
+with random weights stands in (the same cost; the numbers say so). Inference is ``animate`` in eval mode without
 gradients (one source against a batch of driving frames), counted in frames per second.
 
 Each image size runs in its own subprocess so that the peak memory is that size's alone:
 the resident-set high-water mark (``getrusage`` ``ru_maxrss``) on the CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU. The model comes from a recipe's
-``model.init_args`` (default: ``recipes/monkeynet/synthetic-64.yaml`` for sizes < 256, else
-``recipes/monkeynet/vox-256.yaml``), so the numbers describe the configurations people run.
+``model.init_args`` (default: ``recipes/<method>/synthetic-64.yaml`` for sizes < 256, else
+``recipes/<method>/vox-256.yaml``), so the numbers describe the configurations people run.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _recipe_for(size: int, recipe: str | None) -> Path:
+def _recipe_for(size: int, recipe: str | None, method: str = "monkeynet") -> Path:
     if recipe:
         return Path(recipe)
     name = "synthetic-64.yaml" if size < 256 else "vox-256.yaml"
-    return ROOT / "recipes" / "monkeynet" / name
+    return ROOT / "recipes" / method / name
 
 
 def _model_kwargs(recipe: Path) -> dict[str, Any]:
@@ -53,16 +58,18 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from animzoo.methods.monkeynet import MonkeyNet
+    from animzoo.registry import get_method
 
     device = torch.device(args.device)
-    recipe = _recipe_for(args.size, args.recipe)
+    recipe = _recipe_for(args.size, args.recipe, args.method)
     torch.manual_seed(0)
-    model = MonkeyNet(**_model_kwargs(recipe)).to(device)
+    kwargs = _model_kwargs(recipe)
+    perceptual = _perceptual_stand_in(kwargs)
+    model = get_method(args.method)(**kwargs).to(device)
     g_opt = torch.optim.Adam(model.generator_parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     b, s = args.batch_size, args.size
-    batch = {"source": torch.rand(b, 3, s, s, device=device), "driving": torch.rand(b, 3, s, s, device=device)}
+    batch = _batch(model, b, s, device)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -98,7 +105,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     frames = args.inference_batch_size
     source = torch.rand(1, 3, s, s, device=device).expand(frames, 3, s, s)
-    inf_batch = {"source": source, "driving": torch.rand(frames, 3, s, s, device=device)}
+    inf_batch = {**_batch(model, frames, s, device), "source": source}
     with torch.no_grad():
         for _ in range(max(1, args.warmup)):
             model.animate(inf_batch)
@@ -112,7 +119,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     params = sum(p.numel() for p in model.parameters())
     return {
-        "method": "monkeynet",
+        "method": args.method,
+        "perceptual": perceptual,
         "recipe": str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe),
         "image_size": s,
         "batch_size": b,
@@ -128,6 +136,45 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_kind": "cuda max_memory_allocated" if peak is not None else "process max RSS",
         "train_peak_memory_mib": (train_peak / 2**20) if train_peak is not None else None,
     }
+
+
+def _perceptual_stand_in(kwargs: dict[str, Any]) -> str | None:
+    """Swap a missing VGG19 file for random VGG19 weights (same layers, same cost)."""
+    if kwargs.get("perceptual_weights") != "vgg19":
+        return kwargs.get("perceptual_weights")
+    from animzoo.weights import WeightsError, resolve_weight
+
+    try:
+        resolve_weight("vgg19", None, allow_download=False)
+        return "vgg19"
+    except WeightsError:
+        import tempfile
+
+        import torch
+        import torchvision
+
+        path = Path(tempfile.mkdtemp()) / "vgg19-random.pth"
+        torch.save(torchvision.models.vgg19(weights=None).state_dict(), path)
+        kwargs["perceptual_weights"] = str(path)
+        return "vgg19 (random weights: the file is not on this machine; same cost)"
+
+
+def _batch(model: Any, b: int, s: int, device: Any) -> dict[str, Any]:
+    """Random images, plus face-like landmarks / parsing maps when the method requires them."""
+    import torch
+
+    batch: dict[str, Any] = {"source": torch.rand(b, 3, s, s, device=device),
+                             "driving": torch.rand(b, 3, s, s, device=device)}
+    requires = getattr(model, "requires", frozenset())
+    if "landmarks" in requires:
+        # The cost does not depend on where the landmarks are: one random layout, jittered per sample.
+        lm = 0.5 * torch.rand(1, model.num_landmarks, 2) - 0.25 + 0.02 * torch.randn(2 * b, model.num_landmarks, 2)
+        batch["source_landmarks"], batch["driving_landmarks"] = lm.to(device).chunk(2)
+    if "parsing" in requires:
+        labels = getattr(model, "num_parsing_labels", 2)
+        batch["source_parsing"] = torch.randint(0, labels, (b, s, s), device=device)
+        batch["driving_parsing"] = torch.randint(0, labels, (b, s, s), device=device)
+    return batch
 
 
 def _machine(device: str, threads: int) -> dict[str, Any]:
@@ -147,6 +194,7 @@ def _machine(device: str, threads: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="monkeynet", help="registered method name (monkeynet, sparse2dense)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="image sizes (default: 64 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16 at <256 px, 4 at 256 px on CPU)")
     parser.add_argument("--inference-batch-size", type=int, default=16, help="driving frames per animate call")
@@ -168,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.batch_size or (16 if size < 256 else (20 if args.device.startswith("cuda") else 4))
         cmd = [sys.executable, __file__, "--worker-size", str(size), "--batch-size", str(batch),
                "--inference-batch-size", str(args.inference_batch_size), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device,
+               "--method", args.method]
         if args.recipe:
             cmd += ["--recipe", args.recipe]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

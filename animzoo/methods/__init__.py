@@ -5,5 +5,6 @@
 from animzoo.methods.base import AnimationModule
 from animzoo.methods.baselines import SourceCopy
 from animzoo.methods.monkeynet import MonkeyNet
+from animzoo.methods.sparse2dense import Sparse2Dense
 
-__all__ = ["AnimationModule", "MonkeyNet", "SourceCopy"]
+__all__ = ["AnimationModule", "MonkeyNet", "SourceCopy", "Sparse2Dense"]

@@ -393,7 +393,11 @@ class AnimationModule(LightningModule):
             stage = "test"  # `animzoo validate` reports the whole suite, like test
         return self._collection(stage)
 
-    def _evaluation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str) -> None:
+    def _evaluation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str
+    ) -> dict[str, Any]:
+        """Animate the batch, update the stage's metrics and log the first batch's samples;
+        returns ``animate``'s output (subclasses add their own evaluation terms from it)."""
         from animzoo.metrics.pixel import video_key
 
         out = self.animate(batch)
@@ -405,6 +409,7 @@ class AnimationModule(LightningModule):
         if batch_idx == 0 and not self.trainer.sanity_checking:
             tag = f"{stage}/samples" + ("" if dataloader_idx == 0 else f"_{batch.get('mode', dataloader_idx)}")
             self._log_samples(tag, batch, out, self.global_step)
+        return out
 
     def _gathered_video_names(self) -> dict[int, str]:
         names = dict(self._video_names)

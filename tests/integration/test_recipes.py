@@ -62,3 +62,30 @@ def test_metrics_recipe_composes_with_a_model_recipe_and_builds_the_suite(recipe
     assert printed["model"]["init_args"]["test_metrics"] == wanted
     suite = AnimationMetrics(metrics=list(wanted), metric_kwargs=wanted)
     assert set(metric_status(suite)) == set(wanted)
+
+
+ABLATION_RECIPES = sorted(RECIPES.glob("*/ablations/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", ABLATION_RECIPES, ids=lambda p: f"{p.parents[1].name}/{p.name}")
+def test_ablation_recipe_overrides_its_switches_on_the_base_recipe(recipe: Path, capsys, monkeypatch,
+                                                                   tmp_path) -> None:
+    """An ablation recipe is an overlay: composed after the method's synthetic recipe, it changes
+    exactly its switches and the model still builds."""
+    from animzoo.cli import main
+
+    monkeypatch.setenv("ANIMZOO_CACHE_DIR", str(tmp_path))
+    base = recipe.parents[1] / "synthetic-64.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(base), "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    switches = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    base_args = yaml.safe_load(base.read_text())["model"]["init_args"]
+    assert any(base_args.get(k) != v for k, v in switches.items()), f"{recipe.name} changes nothing"
+    for key, value in switches.items():
+        assert printed["init_args"][key] == value
+    module_name, _, class_name = printed["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    args = {k: v for k, v in printed["init_args"].items() if k not in ("optimizer", "scheduler")}
+    cls(**args)
