@@ -138,6 +138,17 @@ PRETRAINED: dict[str, PretrainedEntry] = {
         image_size=64,
         description="Monkey-Net (10 keypoints) trained on the embedded SyntheticHeads data at 64 px",
     ),
+    "sparse2dense.synthetic64": PretrainedEntry(
+        name="sparse2dense.synthetic64",
+        method="sparse2dense",
+        files="sparse2dense_synthetic64",
+        recipe="recipes/sparse2dense/synthetic-64.yaml",
+        licence="MIT (trained by the animzoo developers on procedurally generated data)",
+        data="SyntheticHeads 64 x 64 (`animzoo data synth --videos 200 --frames 32 --size 64 --seed 0`)",
+        image_size=64,
+        description="Sparse-to-dense motion transfer (70 landmarks, global + 3 local branches, parsing prior) "
+        "trained on the embedded SyntheticHeads data at 64 px; driven by landmarks ('animzoo70' detector)",
+    ),
     "landmark_detector.synthetic64": PretrainedEntry(
         name="landmark_detector.synthetic64",
         method="landmark_detector",
