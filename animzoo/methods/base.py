@@ -54,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +75,7 @@ __all__ = [
     "flow_to_rgb",
     "log_image",
     "make_sample_grid",
+    "merge_params",
 ]
 
 # Metrics of the cross-identity test set: no ground truth of the source identity exists there.
@@ -82,6 +83,20 @@ CROSS_IDENTITY_METRICS = frozenset({"csim", "fid"})
 CROSS_IDENTITY_KEYS = ("csim_src", "fid")  # csim_src@, csim_src_detected@, fid@, fid_frames@
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif"})
 OPTIMIZER_ARGS = ("optimizer", "discriminator_optimizer", "scheduler", "discriminator_scheduler")
+
+
+def merge_params(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """A sub-network's recipe keys over its defaults: unknown keys are refused (naming ``what``,
+    e.g. ``"MonkeyNet generator"``, and the valid keys); nested dicts merge key by key."""
+    given = dict(given or {})
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
+    merged = {**defaults, **given}
+    for key, default in defaults.items():
+        if isinstance(default, Mapping) and isinstance(given.get(key), Mapping):
+            merged[key] = merge_params(default, given[key], f"{what}.{key}")
+    return merged
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

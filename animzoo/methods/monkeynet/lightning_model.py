@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from animzoo.methods.base import AnimationModule
+from animzoo.methods.base import AnimationModule, merge_params
 from animzoo.methods.monkeynet.torch_model import DenseMotionNetwork, Generator, KeypointDetector, resize_grid
 from animzoo.nn.discriminator import MultiScaleDiscriminator
 from animzoo.nn.losses import (
@@ -140,14 +140,6 @@ DEFAULT_LOSS_WEIGHTS: LossWeights = {
 }
 
 
-def _merge(defaults: dict, given: dict | None, what: str) -> dict:
-    given = dict(given or {})
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown MonkeyNet {what} keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
-    return {**defaults, **given}
-
-
 def _detach_kp(kp: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach() for k, v in kp.items()}
 
@@ -210,11 +202,11 @@ class MonkeyNet(AnimationModule):
         self.num_kp = num_kp
         self.kp_variance = kp_variance
         self.gan_loss = gan_loss
-        self.kp_params = _merge(dict(DEFAULT_KEYPOINT_DETECTOR), keypoint_detector, "keypoint_detector")
-        self.dm_params = _merge(dict(DEFAULT_DENSE_MOTION), dense_motion, "dense_motion")
-        self.gen_params = _merge(dict(DEFAULT_GENERATOR), generator, "generator")
-        self.disc_params = _merge(dict(DEFAULT_DISCRIMINATOR), discriminator, "discriminator")
-        self.loss_weights = _merge(dict(DEFAULT_LOSS_WEIGHTS), loss_weights, "loss_weights")
+        self.kp_params = merge_params(DEFAULT_KEYPOINT_DETECTOR, keypoint_detector, "MonkeyNet keypoint_detector")
+        self.dm_params = merge_params(DEFAULT_DENSE_MOTION, dense_motion, "MonkeyNet dense_motion")
+        self.gen_params = merge_params(DEFAULT_GENERATOR, generator, "MonkeyNet generator")
+        self.disc_params = merge_params(DEFAULT_DISCRIMINATOR, discriminator, "MonkeyNet discriminator")
+        self.loss_weights = merge_params(DEFAULT_LOSS_WEIGHTS, loss_weights, "MonkeyNet loss_weights")
         rec = list(self.loss_weights["reconstruction"])
         if len(rec) != self.disc_params["num_blocks"] + 1:
             raise ValueError(

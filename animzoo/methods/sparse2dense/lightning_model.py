@@ -32,7 +32,7 @@ from torch import Tensor
 
 from animzoo.errors import AnimzooInputError
 from animzoo.geometry.grid import grid_to_flow, pixel_to_normalized, warp
-from animzoo.methods.base import AnimationModule
+from animzoo.methods.base import AnimationModule, merge_params
 from animzoo.methods.sparse2dense.torch_model import DenseMotionNetwork, ImageGenerator
 from animzoo.nn.discriminator import MultiScaleDiscriminator
 from animzoo.nn.losses import (
@@ -131,18 +131,6 @@ DEFAULT_LOSS_WEIGHTS: LossWeights = {
 }
 
 
-def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    given = dict(given or {})
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown Sparse2Dense {what} keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
-    merged = {**defaults, **given}
-    for key in ("global_branch", "local_branch"):
-        if key in defaults and given.get(key) is not None:
-            merged[key] = _merge(defaults[key], given[key], f"{what}.{key}")
-    return merged
-
-
 def _one_hot(labels: Tensor, num_labels: int) -> Tensor:
     """B x H x W long -> B x C x H x W float."""
     if int(labels.max()) >= num_labels or int(labels.min()) < 0:
@@ -235,10 +223,10 @@ class Sparse2Dense(AnimationModule):
         self.num_landmarks = int(num_landmarks)
         self.motion_map_input = motion_map_input
         self.detector_name = detector
-        self.dm_params = _merge(DEFAULT_DENSE_MOTION, dense_motion, "dense_motion")
-        self.gen_params = _merge(DEFAULT_GENERATOR, generator, "generator")
-        self.disc_params = _merge(DEFAULT_DISCRIMINATOR, discriminator, "discriminator")
-        self.loss_weights = _merge(DEFAULT_LOSS_WEIGHTS, loss_weights, "loss_weights")
+        self.dm_params = merge_params(DEFAULT_DENSE_MOTION, dense_motion, "Sparse2Dense dense_motion")
+        self.gen_params = merge_params(DEFAULT_GENERATOR, generator, "Sparse2Dense generator")
+        self.disc_params = merge_params(DEFAULT_DISCRIMINATOR, discriminator, "Sparse2Dense discriminator")
+        self.loss_weights = merge_params(DEFAULT_LOSS_WEIGHTS, loss_weights, "Sparse2Dense loss_weights")
         if len(self.loss_weights["perceptual"]) != 5:
             raise ValueError("loss_weights.perceptual needs 5 weights (VGG19 relu1_1 ... relu5_1)")
         self.dense_motion = DenseMotionNetwork(

@@ -331,3 +331,12 @@ def test_pupils_reach_only_the_eye_branches_by_default():
             assert not (moved & ~eyes).any()
     assert DenseMotionNetwork(num_landmarks=68, **SMALL).local_only_landmarks == []
     assert DenseMotionNetwork(num_landmarks=70, use_local_branches=False, **SMALL).local_only_landmarks == []
+
+
+def test_unknown_recipe_keys_are_refused_with_their_path():
+    with pytest.raises(ValueError, match=r"unknown Sparse2Dense dense_motion.global_branch keys \['bogus'\]"):
+        small_model(dense_motion={**SMALL, "global_branch": {"bogus": 1}})
+    with pytest.raises(ValueError, match="unknown Sparse2Dense generator keys"):
+        small_model(generator={"width": 3})
+    merged = small_model(dense_motion={"global_branch": {"num_blocks": 2}}).dm_params["global_branch"]
+    assert merged["num_blocks"] == 2 and merged["block_expansion"] == 32  # the other keys keep their defaults
