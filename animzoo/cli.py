@@ -620,6 +620,11 @@ def run_dir(trainer: Any) -> Path:
 _CLI_CLASS: Any = None
 
 
+#: Model init args that say what to evaluate, not what the model is: the command line's win
+#: over a checkpoint's (see ``AnimZooCLI._parse_ckpt_path``).
+EVALUATION_ARGS = ("test_metrics", "val_metrics")
+
+
 def _cli_class() -> Any:
     """Build the LightningCLI subclass on first use (lightning is heavy to import)."""
     global _CLI_CLASS
@@ -667,6 +672,22 @@ def _cli_class() -> Any:
             if subcommand in ("test", "validate"):
                 parser.set_defaults({"verbose": False})  # after_test/after_validate print the table
             return parser
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning re-applies the checkpoint's init args over the parsed config, so a metric
+            # suite chosen on the command line or in a metrics recipe (--model.init_args.test_metrics)
+            # would silently fall back to the one the model was trained with. The checkpoint keeps
+            # the architecture; what to evaluate comes from this command.
+            sub = self.config.get("subcommand")
+            chosen: dict[str, Any] = {}
+            if sub:
+                for key in EVALUATION_ARGS:
+                    value = self.config.get(f"{sub}.model.init_args.{key}")
+                    if value is not None:
+                        chosen[key] = value
+            super()._parse_ckpt_path()
+            for key, value in chosen.items():
+                self.config[f"{sub}.model.init_args.{key}"] = value
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.set_defaults(
