@@ -220,22 +220,25 @@ def _missing_sidecar(path: Path, kind: SidecarKind) -> SidecarError:
     return SidecarError(f"{path}: {kind} sidecar not found; {sidecar_fix(kind)}")
 
 
+def _open_sidecar_array(path: Path, kind: SidecarKind, fix: str) -> np.ndarray:
+    """Memory-map a ``.npy`` sidecar; :class:`SidecarError` naming the file when it is missing or broken."""
+    if not path.is_file():
+        raise _missing_sidecar(path, kind)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:  # numpy raises ValueError / OSError / EOFError for broken files
+        raise SidecarError(f"{path}: not a readable .npy {kind} file ({err}); {fix}") from err
+
+
 def open_landmarks(path: str | os.PathLike[str]) -> np.ndarray:
     """Memory-map a landmarks sidecar without reading its values (cheap: header only).
 
     Returns the array (``T x L x 2``) backed by the file; index it to read frames.
     Raises :class:`SidecarError` when the file is missing or not a valid ``.npy``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise _missing_sidecar(path, "landmarks")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as err:  # numpy raises ValueError / OSError / EOFError for broken files
-        raise SidecarError(
-            f"{path}: not a readable .npy landmarks file ({err}); regenerate it with "
-            "`animzoo data annotate --landmarks <backend> ROOT`"
-        ) from err
+    return _open_sidecar_array(
+        Path(path), "landmarks", "regenerate it with `animzoo data annotate --landmarks <backend> ROOT`"
+    )
 
 
 def load_landmarks(
@@ -483,15 +486,7 @@ def open_parsing(path: str | os.PathLike[str]) -> np.ndarray:
     Returns the array (``T x H x W``) backed by the file; index it to read frames.
     Raises :class:`SidecarError` when the file is missing or not a valid ``.npy``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise _missing_sidecar(path, "parsing")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as err:  # numpy raises ValueError / OSError / EOFError for broken files
-        raise SidecarError(
-            f"{path}: not a readable .npy parsing file ({err}); {_PARSING_FIX}"
-        ) from err
+    return _open_sidecar_array(Path(path), "parsing", _PARSING_FIX)
 
 
 def load_parsing(
