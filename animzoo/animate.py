@@ -330,11 +330,6 @@ def _progress(progress: bool | ProgressFn, total: int, description: str) -> Iter
 # --------------------------------------------------------------------------- landmark sequences
 
 
-def _frames_list(indices: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(i)) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
-
-
 def _read_landmarks(
     landmarks: Any,
     what: str,
@@ -409,9 +404,14 @@ def _read_landmarks(
             f"produce the {num_landmarks}-point layout the method was trained with."
         )
     arr = arr.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
+    from animzoo.data.annotations import (  # the sidecars' wording
+        _frames_text,
+        _nonfinite_frames,
+    )
+
+    bad = _nonfinite_frames(arr)
     if bad.size:
-        where = "" if single else f" in frame(s) {_frames_list(bad)}"
+        where = "" if single else f" in frame(s) {_frames_text(bad)}"
         raise AnimzooInputError(
             f"{label}: NaN or inf coordinates{where}; fill them (e.g. interpolate from the neighbouring "
             f"frames) or drop those frames."

@@ -332,31 +332,6 @@ def fill_missing_frames(points: np.ndarray, detected: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- backend
 
 
-def _resolve_backend(backend: Any, backend_kwargs: Mapping[str, Any] | None) -> Any:
-    """A ready landmark backend from a name or an object; raises for unknown / unavailable ones."""
-    if isinstance(backend, str):
-        from animzoo.metrics.backends import landmark_backend, list_backends
-
-        names = list_backends()["landmarks"]
-        if backend not in names:
-            raise AnimzooInputError(
-                f"unknown landmark backend {backend!r}; available: {', '.join(names)} "
-                "(see docs/metrics.md for what each needs)"
-            )
-        backend = landmark_backend(backend, **dict(backend_kwargs or {}))
-    elif backend_kwargs:
-        raise ValueError("backend_kwargs apply to a backend given by name only")
-    for attribute in ("name", "num_landmarks", "available", "status", "detect"):
-        if not hasattr(backend, attribute):
-            raise TypeError(
-                f"{backend!r} is not a landmark backend: it lacks {attribute!r} (see "
-                "animzoo.metrics.backends.LandmarkBackend)"
-            )
-    if not backend.available:
-        raise AnimzooInputError(f"landmark backend {backend.name!r} is {backend.status}")
-    return backend
-
-
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -499,7 +474,9 @@ def annotate_landmarks(
         raise AnimzooInputError(f"batch_size must be >= 1, got {batch_size}")
     videos, problems = dataset_videos(root, frame_shape=frame_shape)
     resolved_device = _resolve_device(device)
-    detector = _resolve_backend(backend, backend_kwargs)
+    from animzoo.metrics.backends import ready_landmark_backend
+
+    detector = ready_landmark_backend(backend, backend_kwargs)
     if isinstance(detector, torch.nn.Module):
         detector.to(resolved_device)
     report = AnnotationReport(

@@ -44,7 +44,7 @@ import importlib.util
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -975,6 +975,40 @@ def landmark_backend(name: str = "dlib68", **kwargs: Any) -> LandmarkBackend:
     if name not in _LANDMARKS:
         raise KeyError(f"unknown landmark backend {name!r}; available: {', '.join(_LANDMARKS)}")
     return _LANDMARKS[name](**kwargs)  # type: ignore[return-value]
+
+
+def ready_landmark_backend(backend: Any, backend_kwargs: Mapping[str, Any] | None = None) -> LandmarkBackend:
+    """A landmark backend that can run now, from a name (see :func:`list_backends`) or an object.
+
+    For the tools that need detections rather than a metric value (``animzoo data annotate``, a
+    landmark-driven method's ``extract_motion``): an unknown name or an unavailable backend is an
+    error naming the fix, not a NaN later.
+
+    Raises:
+        AnimzooInputError: unknown name (the available ones are listed), or unavailable backend
+            (its status says what is missing).
+        TypeError: ``backend`` is an object without the :class:`LandmarkBackend` attributes.
+    """
+    from animzoo.errors import AnimzooInputError
+
+    if isinstance(backend, str):
+        if backend not in _LANDMARKS:
+            raise AnimzooInputError(
+                f"unknown landmark backend {backend!r}; available: {', '.join(_LANDMARKS)} "
+                "(see docs/metrics.md for what each needs)"
+            )
+        backend = landmark_backend(backend, **dict(backend_kwargs or {}))
+    elif backend_kwargs:
+        raise ValueError("backend_kwargs apply to a backend given by name only")
+    for attribute in ("name", "num_landmarks", "available", "status", "detect"):
+        if not hasattr(backend, attribute):
+            raise TypeError(
+                f"{backend!r} is not a landmark backend: it lacks {attribute!r} (see "
+                "animzoo.metrics.backends.LandmarkBackend)"
+            )
+    if not backend.available:
+        raise AnimzooInputError(f"landmark backend {backend.name!r} is {backend.status}")
+    return backend
 
 
 def identity_backend(name: str = "dlib128", **kwargs: Any) -> IdentityBackend:

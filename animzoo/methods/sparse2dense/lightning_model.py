@@ -23,7 +23,7 @@ wherever the flow lands on pixel centres. The paper's hard count is logged as
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypedDict
 
 import torch
@@ -77,7 +77,7 @@ class DenseMotionParams(TypedDict, total=False):
     motion_grid: int
     global_branch: BranchParams
     local_branch: BranchParams
-    local_only_landmarks: Optional[list[int]]
+    local_only_landmarks: list[int] | None
 
 
 class GeneratorParams(TypedDict, total=False):
@@ -129,6 +129,11 @@ DEFAULT_LOSS_WEIGHTS: LossWeights = {
     "perceptual": [10.0, 10.0, 10.0, 10.0, 10.0], "l1": 10.0, "generator_gan": 1.0, "discriminator_gan": 1.0,
     "parsing": 10.0,
 }
+
+
+def _nonfinite_rows(values: Tensor) -> list[int]:
+    """Indices along dim 0 of ``values`` (B x ...) that hold NaN or inf."""
+    return (~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
 
 
 def _one_hot(labels: Tensor, num_labels: int) -> Tensor:
@@ -260,8 +265,8 @@ class Sparse2Dense(AnimationModule):
                     f"(this model was built with num_landmarks={self.num_landmarks}; annotate the data with a "
                     "detector of that many points or set model.init_args.num_landmarks)"
                 )
-            if not torch.isfinite(lm).all():
-                bad = (~torch.isfinite(lm).reshape(lm.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
+            bad = _nonfinite_rows(lm)
+            if bad:
                 raise AnimzooInputError(f"Sparse2Dense: {name} landmarks hold NaN or inf in batch rows {bad[:10]}")
         h, w = source.shape[-2:]
         problems = []
@@ -320,14 +325,9 @@ class Sparse2Dense(AnimationModule):
 
     def _landmark_detector(self, device: torch.device) -> Any:
         if self._detector is None:
-            from animzoo.metrics.backends import landmark_backend
+            from animzoo.metrics.backends import ready_landmark_backend
 
-            try:
-                backend = landmark_backend(self.detector_name)
-            except KeyError as err:
-                raise AnimzooInputError(str(err.args[0])) from err
-            if not getattr(backend, "available", True):
-                raise AnimzooInputError(f"landmark detector {self.detector_name!r} is unavailable: {backend.status}")
+            backend = ready_landmark_backend(self.detector_name)
             if getattr(backend, "num_landmarks", self.num_landmarks) != self.num_landmarks:
                 raise AnimzooInputError(
                     f"landmark detector {self.detector_name!r} gives {backend.num_landmarks} landmarks but this model "
@@ -346,7 +346,7 @@ class Sparse2Dense(AnimationModule):
             raise ValueError(f"frames must be B x 3 x H x W, got shape {tuple(frames.shape)}")
         detector = self._landmark_detector(frames.device)
         pixels = detector.detect(frames.float()).to(frames.device)
-        missing = (~torch.isfinite(pixels).reshape(pixels.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
+        missing = _nonfinite_rows(pixels)
         if missing:
             raise AnimzooInputError(
                 f"the landmark detector {self.detector_name!r} found no face in frame(s) {missing[:10]} of this batch; "
