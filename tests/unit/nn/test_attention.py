@@ -1,0 +1,141 @@
+"""Attention over feature maps: exact padding to one head width, patch attention (the memory cap)
+and its exactness cases, the fused SDPA kernel, the self-attention block against PyTorch's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from animzoo.nn.attention import (
+    CrossAttentionAlignment,
+    MultiHeadSelfAttention,
+    attention,
+    patch_attention,
+    sinusoidal_positions,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def naive_attention(q, k, v, heads=1, scale=None):
+    b, n, cq = q.shape
+    cv = v.shape[-1]
+    dq, dv = cq // heads, cv // heads
+    scale = dq**-0.5 if scale is None else scale
+    outs = []
+    for h in range(heads):
+        qh, kh, vh = q[..., h * dq:(h + 1) * dq], k[..., h * dq:(h + 1) * dq], v[..., h * dv:(h + 1) * dv]
+        weights = torch.softmax(qh @ kh.transpose(1, 2) * scale, dim=-1)
+        outs.append(weights @ vh)
+    return torch.cat(outs, dim=-1)
+
+
+@pytest.mark.parametrize("cq,cv,heads", [(16, 8, 1), (8, 24, 1), (32, 16, 4), (12, 12, 3)])
+def test_attention_with_unequal_widths_equals_the_textbook_formula(cq: int, cv: int, heads: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 10, cq, generator=g), torch.randn(2, 7, cq, generator=g)
+    v = torch.randn(2, 7, cv, generator=g)
+    torch.testing.assert_close(attention(q, k, v, num_heads=heads), naive_attention(q, k, v, heads), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_refuses_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        attention(torch.randn(1, 4, 8), torch.randn(1, 5, 8), torch.randn(1, 4, 8))
+    with pytest.raises(ValueError, match="num_heads"):
+        attention(torch.randn(1, 4, 6), torch.randn(1, 4, 6), torch.randn(1, 4, 6), num_heads=4)
+
+
+def test_attention_runs_the_fused_cpu_kernel_even_with_unequal_widths() -> None:
+    # The padding exists so that SDPA's flash kernel (no N x N map) serves instead of the math path.
+    q, k, v = torch.randn(1, 64, 32), torch.randn(1, 64, 32), torch.randn(1, 64, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        attention(q, k, v)
+    names = {e.name for e in prof.events()}
+    assert any("flash_attention" in name for name in names), sorted(n for n in names if "attention" in n)
+    assert "aten::_softmax" not in names
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def test_patch_one_is_plain_attention() -> None:
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 16, 8), torch.randn(2, 16, 4)
+    torch.testing.assert_close(patch_attention(q, k, v, (4, 4), patch=1), attention(q, k, v))
+
+
+def test_patch_attention_equals_full_attention_on_cell_constant_maps() -> None:
+    g = torch.Generator().manual_seed(1)
+    coarse = [torch.randn(2, c, 3, 4, generator=g) for c in (8, 8, 6)]
+    q, k, v = (_tokens(F.interpolate(x, scale_factor=2, mode="nearest")) for x in coarse)
+    # Full attention over the repeated keys weighs each cell's 4 copies equally; so does patch
+    # attention with one key per cell, and the values are the same inside a cell.
+    full = patch_attention(q, k, v, (6, 8), patch=1, num_heads=2)
+    torch.testing.assert_close(patch_attention(q, k, v, (6, 8), patch=2, num_heads=2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_attention_moves_whole_cells_with_their_detail() -> None:
+    # Keys: one-hot cell indices; queries: the index of the cell to the right. A sharp softmax then
+    # copies each right-hand cell, sub-cell detail included: exact for motion by whole cells.
+    cells, p = 4, 2
+    idx = torch.arange(cells * cells).reshape(1, cells, cells)
+    key_cells = F.one_hot(idx, cells * cells).permute(0, 3, 1, 2).float() * 30
+    shifted = torch.clamp(idx + 1, max=cells * cells - 1)
+    shifted[..., -1] = idx[..., -1]  # the last column has no right neighbour: keep it
+    query_cells = F.one_hot(shifted, cells * cells).permute(0, 3, 1, 2).float() * 30
+    k = _tokens(F.interpolate(key_cells, scale_factor=p, mode="nearest"))
+    q = _tokens(F.interpolate(query_cells, scale_factor=p, mode="nearest"))
+    values = torch.randn(1, 3, cells * p, cells * p, generator=torch.Generator().manual_seed(2))
+    out = patch_attention(q, k, _tokens(values), (cells * p, cells * p), patch=p)
+    out = out.transpose(1, 2).reshape(1, 3, cells * p, cells * p)
+    torch.testing.assert_close(out[..., : -p], values[..., p:], atol=1e-5, rtol=0)
+    # Full attention on the same inputs cannot keep the detail: it averages each cell.
+    full = patch_attention(q, k, _tokens(values), (cells * p, cells * p), patch=1).transpose(1, 2).reshape(out.shape)
+    assert (full[..., : -p] - values[..., p:]).abs().max() > 0.1
+
+
+def test_patch_attention_refuses_a_grid_that_does_not_split() -> None:
+    with pytest.raises(ValueError, match="3x3 patches"):
+        patch_attention(torch.randn(1, 16, 4), torch.randn(1, 16, 4), torch.randn(1, 16, 4), (4, 4), patch=3)
+
+
+def test_self_attention_matches_pytorch_multihead_attention() -> None:
+    torch.manual_seed(0)
+    mine = MultiHeadSelfAttention(16, num_heads=4)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mine.qkv.weight)
+        ref.in_proj_bias.copy_(mine.qkv.bias)
+        ref.out_proj.weight.copy_(mine.proj.weight)
+        ref.out_proj.bias.copy_(mine.proj.bias)
+    x = torch.randn(2, 12, 16)
+    expected, _ = ref(x, x, x, need_weights=False)
+    torch.testing.assert_close(mine(x, (3, 4)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_alignment_keeps_its_parameters_under_any_patch_and_checks_sizes() -> None:
+    torch.manual_seed(0)
+    align = CrossAttentionAlignment(8, 4, (8, 8), num_blocks=2, num_heads=2, mlp_dim=16)
+    m_c, m_r, f_r = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8), torch.randn(2, 4, 8, 8)
+    full, capped = align(m_c, m_r, f_r), align(m_c, m_r, f_r, patch=2)
+    assert full.shape == capped.shape == (2, 4, 8, 8)
+    assert not torch.allclose(full, capped)
+    (full.sum() + capped.sum()).backward()
+    assert align.position.grad is not None and align.position.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="built for 8x8"):
+        align(torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4))
+
+
+@pytest.mark.parametrize("size,channels,cell", [(8, 128, 1), (16, 64, 1), (32, 64, 2), (64, 16, 4)])
+def test_initial_positions_make_attention_start_at_the_identity_motion(size: int, channels: int, cell: int) -> None:
+    positions = sinusoidal_positions((size, size), channels, cell=cell)
+    assert positions.shape == (1, size * size, channels)
+    values = torch.randn(1, size * size, 8, generator=torch.Generator().manual_seed(0))
+    aligned = patch_attention(positions, positions, values, (size, size), patch=cell)
+    # Each position (cell) attends mostly to itself: the values come back nearly unmoved.
+    error = (aligned - values).abs().mean() / values.abs().mean()
+    assert error < 0.2, error
+    far = torch.roll(positions, shifts=size * size // 2, dims=1)  # queries from the other half of the frame
+    moved = patch_attention(far, positions, values, (size, size), patch=cell)
+    assert (moved - values).abs().mean() / values.abs().mean() > 0.8  # positions do select where to read
