@@ -369,7 +369,7 @@ def _default_image_size(module: nn.Module) -> int | None:
     if isinstance(config, Mapping) and config.get("image_size"):
         return int(config["image_size"])
     hparams = getattr(module, "hparams", {}) or {}
-    for key in ("image_size", "size"):
+    for key in ("image_size", "frame_size", "size"):
         if isinstance(hparams.get(key), int):
             return int(hparams[key])
     size = getattr(module, "image_size", None)

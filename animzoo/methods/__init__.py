@@ -4,8 +4,9 @@
 
 from animzoo.methods.base import AnimationModule
 from animzoo.methods.baselines import SourceCopy
+from animzoo.methods.imf import IMF
 from animzoo.methods.monkeynet import MonkeyNet
 from animzoo.methods.pwm import PWM
 from animzoo.methods.sparse2dense import Sparse2Dense
 
-__all__ = ["AnimationModule", "MonkeyNet", "PWM", "SourceCopy", "Sparse2Dense"]
+__all__ = ["AnimationModule", "IMF", "MonkeyNet", "PWM", "SourceCopy", "Sparse2Dense"]
