@@ -235,6 +235,22 @@ class AnimationModule(LightningModule):
         (detach what comes from the generator), or ``None`` when there is no discriminator."""
         return None
 
+    def image_discriminator_step(
+        self, batch: dict[str, Any], out: dict[str, Any], weight: float, gan_mode: Literal["hinge", "lsgan"]
+    ) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """The discriminator step of a method whose ``self.discriminator`` judges images alone:
+        ``weight`` x the ``gan_mode`` loss of the driving frames (real) against the detached
+        prediction (fake), logged as ``disc_gan``; None when ``weight`` is 0."""
+        from animzoo.nn.losses import hinge_discriminator_loss, lsgan_discriminator_loss
+
+        if not weight:
+            return None
+        _, fake = self.discriminator(out["prediction"].detach())
+        _, real = self.discriminator(batch["driving"])
+        gan = hinge_discriminator_loss if gan_mode == "hinge" else lsgan_discriminator_loss
+        loss = float(weight) * gan(real, fake)
+        return loss, {"disc_gan": loss.detach()}
+
     def discriminator_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters updated by the discriminator optimiser (default: ``self.discriminator``'s)."""
         discriminator = getattr(self, "discriminator", None)

@@ -37,9 +37,7 @@ from animzoo.nn.discriminator import DiscriminatorParams, MultiScaleDiscriminato
 from animzoo.nn.losses import (
     PerceptualPyramidLoss,
     feature_matching_loss,
-    hinge_discriminator_loss,
     hinge_generator_loss,
-    lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
 from animzoo.registry import register_method
@@ -370,11 +368,4 @@ class PWM(AnimationModule):
         return loss, logs, out
 
     def discriminator_step(self, batch: dict[str, Any], out: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]] | None:
-        weight = float(self.loss_weights["discriminator_gan"])
-        if not weight:
-            return None
-        _, fake = self.discriminator(out["prediction"].detach())
-        _, real = self.discriminator(batch["driving"])
-        gan = hinge_discriminator_loss if self.gan_mode == "hinge" else lsgan_discriminator_loss
-        loss = weight * gan(real, fake)
-        return loss, {"disc_gan": loss.detach()}
+        return self.image_discriminator_step(batch, out, self.loss_weights["discriminator_gan"], self.gan_mode)

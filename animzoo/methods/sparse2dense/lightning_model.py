@@ -37,7 +37,6 @@ from animzoo.methods.sparse2dense.torch_model import DenseMotionNetwork, ImageGe
 from animzoo.nn.discriminator import DiscriminatorParams, MultiScaleDiscriminator
 from animzoo.nn.losses import (
     PerceptualPyramidLoss,
-    lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
 from animzoo.registry import register_method
@@ -393,13 +392,7 @@ class Sparse2Dense(AnimationModule):
         return loss, logs, out
 
     def discriminator_step(self, batch: dict[str, Any], out: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]] | None:
-        weight = float(self.loss_weights["discriminator_gan"])
-        if not weight:
-            return None
-        _, fake = self.discriminator(out["prediction"].detach())
-        _, real = self.discriminator(batch["driving"])
-        loss = weight * lsgan_discriminator_loss(real, fake)
-        return loss, {"disc_gan": loss.detach()}
+        return self.image_discriminator_step(batch, out, self.loss_weights["discriminator_gan"], "lsgan")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self._evaluation_step(batch, batch_idx, dataloader_idx, "val")
