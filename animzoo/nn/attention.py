@@ -126,15 +126,22 @@ class MultiHeadSelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: ``x + MHSA(LN(x))``, then ``x + W2 GELU(W1 LN(x))``.
 
+    ``zero_init``: the attention's output projection and ``W2`` start at zero, so the block starts
+    as the identity (the residual branches learn from there; as in ReZero / DiT's adaLN-zero).
+
     ``forward(x: B x HW x C, size, patch=1)`` -> ``B x HW x C``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, mlp_dim: int = 1024) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, mlp_dim: int = 1024, zero_init: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadSelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+        if zero_init:
+            for layer in (self.attn.proj, self.mlp[2]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, size: tuple[int, int], patch: int = 1) -> Tensor:
         x = x + self.attn(self.norm1(x), size, patch)
@@ -176,10 +183,16 @@ class CrossAttentionAlignment(nn.Module):
     """IMF's implicit motion alignment at one scale (paper 002 eq. 5 and 6).
 
     Queries are the current frame's motion features ``m_c``, keys the reference's ``m_r`` (both
-    plus one learnable positional embedding), values the reference's dense features ``f_r``;
-    single-head attention without projections, scaled by ``1 / sqrt(C_qk)``, aligns ``f_r`` to
-    the current frame, and ``num_blocks`` :class:`TransformerBlock` refine the result. The
-    embedding starts as :func:`sinusoidal_positions` (attention starts local; it is learned from there).
+    times a learnable gain, plus one learnable positional embedding), values the reference's dense
+    features ``f_r``; single-head attention without projections, scaled by ``1 / sqrt(C_qk)``,
+    aligns ``f_r`` to the current frame, and ``num_blocks`` :class:`TransformerBlock` refine the
+    result.
+
+    The whole module starts as the identity motion, as warping methods start from the identity
+    flow: the embedding starts as :func:`sinusoidal_positions` (each position attends to itself),
+    the motion features enter with a gain of 0.1 (so they do not scramble that at first; Adam
+    learns them at full speed regardless), and the transformer blocks start as the identity
+    (``zero_init``). Training then moves away from it.
 
     Args:
         query_channels: channels of ``m_c`` / ``m_r``.
@@ -200,7 +213,10 @@ class CrossAttentionAlignment(nn.Module):
         self.query_channels = query_channels
         self.value_channels = value_channels
         self.position = nn.Parameter(sinusoidal_positions(self.size, query_channels, cell=initial_patch))
-        self.blocks = nn.ModuleList(TransformerBlock(value_channels, num_heads, mlp_dim) for _ in range(num_blocks))
+        self.motion_gain = nn.Parameter(torch.tensor(0.1))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(value_channels, num_heads, mlp_dim, zero_init=True) for _ in range(num_blocks)
+        )
 
     def forward(self, m_c: Tensor, m_r: Tensor, f_r: Tensor, patch: int = 1) -> Tensor:
         size = tuple(f_r.shape[-2:])
@@ -209,8 +225,8 @@ class CrossAttentionAlignment(nn.Module):
                 f"CrossAttentionAlignment built for {self.size[0]}x{self.size[1]} maps got m_c {tuple(m_c.shape)}, "
                 f"m_r {tuple(m_r.shape)}, f_r {tuple(f_r.shape)}"
             )
-        q = _map_to_tokens(m_c) + self.position
-        k = _map_to_tokens(m_r) + self.position
+        q = self.motion_gain * _map_to_tokens(m_c) + self.position
+        k = self.motion_gain * _map_to_tokens(m_r) + self.position
         x = patch_attention(q, k, _map_to_tokens(f_r), self.size, patch=patch)
         for block in self.blocks:
             x = block(x, self.size, patch)

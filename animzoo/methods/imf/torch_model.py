@@ -41,32 +41,37 @@ __all__ = [
 ]
 
 
-class DownConvResBlock(nn.Module):
-    """conv 3x3 -> BatchNorm -> ReLU -> 2x2 average pool -> conv 3x3 -> ``num_res`` feature
-    residual blocks (:class:`~animzoo.nn.blocks.ResBlock2d`: BN, ReLU, conv, twice, plus skip)."""
+class _ConvResBlock(nn.Module):
+    """conv 3x3 -> BatchNorm -> ReLU, a resampling, conv 3x3, then ``num_res`` feature residual
+    blocks (:class:`~animzoo.nn.blocks.ResBlock2d`: BN, ReLU, conv, twice, plus skip); the
+    subclasses place the resampling."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_res: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_res: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.res = nn.Sequential(*(ResBlock2d(out_channels) for _ in range(num_res)))
+
+
+class DownConvResBlock(_ConvResBlock):
+    """conv 3x3 -> BatchNorm -> ReLU -> 2x2 average pool -> conv 3x3 -> ``num_res`` feature
+    residual blocks (supplement Fig. 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_res: int = 2) -> None:
+        super().__init__(in_channels, out_channels, num_res)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.avg_pool2d(F.relu(self.norm(self.conv1(x))), 2)
         return self.res(self.conv2(out))
 
 
-class UpConvResBlock(nn.Module):
+class UpConvResBlock(_ConvResBlock):
     """nearest x2 upsampling -> conv 3x3 -> BatchNorm -> ReLU -> conv 3x3 -> ``num_res`` feature
-    residual blocks."""
+    residual blocks (supplement Fig. 1)."""
 
     def __init__(self, in_channels: int, out_channels: int, num_res: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.res = nn.Sequential(*(ResBlock2d(out_channels) for _ in range(num_res)))
+        super().__init__(in_channels, out_channels, num_res)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.interpolate(x, scale_factor=2.0, mode="nearest")

@@ -139,3 +139,17 @@ def test_initial_positions_make_attention_start_at_the_identity_motion(size: int
     far = torch.roll(positions, shifts=size * size // 2, dims=1)  # queries from the other half of the frame
     moved = patch_attention(far, positions, values, (size, size), patch=cell)
     assert (moved - values).abs().mean() / values.abs().mean() > 0.8  # positions do select where to read
+
+
+def test_alignment_starts_as_the_identity_motion() -> None:
+    # Untrained, the module hands the reference's features back where they were (as a warping
+    # method starts from the identity flow), whatever the (random) motion features say.
+    torch.manual_seed(0)
+    align = CrossAttentionAlignment(32, 8, (16, 16), num_blocks=2, num_heads=2, mlp_dim=16)
+    m_c, m_r, f_r = torch.randn(2, 32, 16, 16), torch.randn(2, 32, 16, 16), torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        out = align(m_c, m_r, f_r)
+    assert (out - f_r).abs().mean() / f_r.abs().mean() < 0.2
+    block = align.blocks[0]
+    x = torch.randn(1, 256, 8)
+    torch.testing.assert_close(block(x, (16, 16)), x)  # zero-initialised residual branches
