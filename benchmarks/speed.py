@@ -1,9 +1,10 @@
-"""Training and inference speed of a method (Monkey-Net, sparse-to-dense, PWM), with peak memory.
+"""Training and inference speed of a method (Monkey-Net, sparse-to-dense, PWM, IMF), with peak memory.
 
     python benchmarks/speed.py                                   # Monkey-Net, 64 px (synthetic recipe) and 256 px (vox recipe)
     python benchmarks/speed.py --method sparse2dense             # the same for sparse-to-dense
     python benchmarks/speed.py --method pwm                      # PWM (+ the share of a training step spent rendering guidance)
     python benchmarks/speed.py --method pwm --guidance displacement codes displacement,codes
+    python benchmarks/speed.py --method imf                      # IMF (attention memory: benchmarks/imf_memory.py)
     python benchmarks/speed.py --sizes 64 --batch-size 16 --threads 2 --json out.json
     python benchmarks/speed.py --device cuda --sizes 256 --batch-size 20
 
@@ -11,7 +12,8 @@ A training step is what ``animzoo fit`` runs per batch: the method's generator s
 Monkey-Net: keypoint detector, dense motion, generator, discriminator feature matching + LSGAN;
 for sparse-to-dense: global + local motion branches, generator, perceptual + L1 + LSGAN +
 parsing prior; for PWM: guidance rendering, progressive warping generator, perceptual + pixel +
-feature matching + hinge GAN + warp losses), backward, Adam step, then the discriminator step,
+feature matching + hinge GAN + warp losses; for IMF: token encoder on both frames, token
+decoder, cross-attention alignment, frame decoder, L1 + perceptual + hinge GAN), backward, Adam step, then the discriminator step,
 backward, Adam step. Landmark-driven methods get random face-like landmarks (and parsing maps
 when they need them). Mesh-driven methods (PWM) get head meshes of
 :class:`~animzoo.geometry.ProceduralHead` (random identities, poses and expressions; the driving
@@ -458,7 +460,7 @@ def _summary(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="monkeynet", help="registered method name (monkeynet, sparse2dense, pwm)")
+    parser.add_argument("--method", default="monkeynet", help="registered method name (monkeynet, sparse2dense, pwm, imf)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="image sizes (default: 64 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16 at <256 px, 4 at 256 px on CPU)")
     parser.add_argument("--inference-batch-size", type=int, default=16, help="driving frames per animate call")
