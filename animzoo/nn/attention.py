@@ -90,11 +90,7 @@ def patch_attention(
     h, w = size
     if h % patch or w % patch:
         raise ValueError(f"patch_attention: a {h}x{w} grid does not split into {patch}x{patch} patches")
-    c_qk, c_v = query.shape[-1], value.shape[-1]
-    if c_qk % num_heads or c_v % num_heads:
-        raise ValueError(f"patch_attention: widths {c_qk} and {c_v} must divide by num_heads={num_heads}")
-    if scale is None:
-        scale = (c_qk // num_heads) ** -0.5
+    # attention() checks the widths; pooling keeps the query width, so its default scale holds.
     q = _map_to_tokens(F.avg_pool2d(_tokens_to_map(query, size), patch))
     k = _map_to_tokens(F.avg_pool2d(_tokens_to_map(key, size), patch))
     # pixel_unshuffle orders channels (c, dy, dx): each head's channels stay contiguous.
