@@ -84,6 +84,7 @@ class AlignmentParams(TypedDict, total=False):
     num_heads: int
     mlp_dim: int
     max_attention_resolution: int | None
+    initial_self_logit: float
 
 
 class FrameDecoderParams(TypedDict, total=False):
@@ -107,7 +108,9 @@ class LossWeights(TypedDict, total=False):
 DEFAULT_DENSE_ENCODER: DenseEncoderParams = {"stem_channels": 64, "channels": [64, 128, 256, 512, 512], "num_levels": 4, "num_res": 2}
 DEFAULT_TOKEN_ENCODER: TokenEncoderParams = {"block_expansion": 64, "max_features": 512, "mlp_dim": 512, "mlp_layers": 4}
 DEFAULT_TOKEN_DECODER: TokenDecoderParams = {"channels": [512, 512, 512, 256], "convs_per_level": 3}
-DEFAULT_ALIGNMENT: AlignmentParams = {"num_blocks": 4, "num_heads": 8, "mlp_dim": 1024, "max_attention_resolution": None}
+DEFAULT_ALIGNMENT: AlignmentParams = {
+    "num_blocks": 4, "num_heads": 8, "mlp_dim": 1024, "max_attention_resolution": None, "initial_self_logit": 16.0,
+}
 DEFAULT_FRAME_DECODER: FrameDecoderParams = {"channels": None, "num_res": 1}
 # 64, 128, 256, 512 channels on two scales (supplement: "two different scale patch discriminator").
 DEFAULT_DISCRIMINATOR: DiscriminatorParams = {

@@ -128,28 +128,60 @@ def test_cross_attention_alignment_keeps_its_parameters_under_any_patch_and_chec
 
 
 @pytest.mark.parametrize("size,channels,cell", [(8, 128, 1), (16, 64, 1), (32, 64, 2), (64, 16, 4)])
-def test_initial_positions_make_attention_start_at_the_identity_motion(size: int, channels: int, cell: int) -> None:
-    positions = sinusoidal_positions((size, size), channels, cell=cell)
+def test_initial_positions_make_attention_start_local_but_not_saturated(size: int, channels: int, cell: int) -> None:
+    positions = sinusoidal_positions((size, size), channels, 8.0, cell=cell)
     assert positions.shape == (1, size * size, channels)
-    values = torch.randn(1, size * size, 8, generator=torch.Generator().manual_seed(0))
-    aligned = patch_attention(positions, positions, values, (size, size), patch=cell)
-    # Each position (cell) attends mostly to itself: the values come back nearly unmoved.
-    error = (aligned - values).abs().mean() / values.abs().mean()
-    assert error < 0.2, error
+    # The attention map between cells (patch_attention averages positions over cells).
+    cells = size // cell
+    pooled = positions[0].reshape(cells, cell, cells, cell, channels).mean((1, 3)).reshape(-1, channels)
+    weights = (pooled @ pooled.T / channels**0.5).softmax(-1)
+    ys, xs = torch.meshgrid(torch.arange(cells), torch.arange(cells), indexing="ij")
+    grid = torch.stack([ys.flatten(), xs.flatten()], -1).float()
+    near = torch.cdist(grid, grid) <= 2.01
+    # Local: most of each cell's weight is within two cells of it ...
+    assert (weights * near).sum(-1).min() > 0.45
+    # ... and the position itself is the largest weight, but not all of it (a saturated softmax
+    # passes no gradient to the motion features, see the next test).
+    assert torch.equal(weights.argmax(-1), torch.arange(cells * cells))
+    assert 0.3 < weights.diagonal().min() and weights.diagonal().max() < 0.9
     far = torch.roll(positions, shifts=size * size // 2, dims=1)  # queries from the other half of the frame
+    values = torch.randn(1, size * size, 8, generator=torch.Generator().manual_seed(0))
     moved = patch_attention(far, positions, values, (size, size), patch=cell)
     assert (moved - values).abs().mean() / values.abs().mean() > 0.8  # positions do select where to read
 
 
+def test_sharper_initial_attention_starves_the_motion_features_of_gradient() -> None:
+    # The trade-off initial_self_logit sets: at 16 the initial attention is nearly one-hot and the
+    # gradient that should teach the motion features to move it is ~10x smaller than at 8.
+    def motion_gradients(self_logit: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        align = CrossAttentionAlignment(32, 8, (16, 16), num_blocks=1, num_heads=2, mlp_dim=16,
+                                        initial_self_logit=self_logit)
+        m_c = torch.randn(2, 32, 16, 16, requires_grad=True)
+        f_r = F.interpolate(torch.randn(2, 8, 4, 4), size=(16, 16), mode="bicubic", align_corners=True)
+        target = torch.roll(f_r, 1, dims=-1)  # the reference moved one position to the right
+        (align(m_c, torch.randn(2, 32, 16, 16), f_r) - target).abs().mean().backward()
+        return float(m_c.grad.norm()), float(align.motion_gain.grad.abs())
+
+    soft, sharp = motion_gradients(8.0), motion_gradients(16.0)
+    assert soft[0] > 5 * sharp[0] and soft[1] > 5 * sharp[1]
+
+
 def test_alignment_starts_as_the_identity_motion() -> None:
-    # Untrained, the module hands the reference's features back where they were (as a warping
+    # Untrained, the module hands smooth reference features back where they were (as a warping
     # method starts from the identity flow), whatever the (random) motion features say.
     torch.manual_seed(0)
     align = CrossAttentionAlignment(32, 8, (16, 16), num_blocks=2, num_heads=2, mlp_dim=16)
-    m_c, m_r, f_r = torch.randn(2, 32, 16, 16), torch.randn(2, 32, 16, 16), torch.randn(2, 8, 16, 16)
+    m_c, m_r = torch.randn(2, 32, 16, 16), torch.randn(2, 32, 16, 16)
+    f_r = F.interpolate(torch.randn(2, 8, 4, 4), size=(16, 16), mode="bicubic", align_corners=True)
     with torch.no_grad():
         out = align(m_c, m_r, f_r)
-    assert (out - f_r).abs().mean() / f_r.abs().mean() < 0.2
+        shifted = align(m_c, m_r, torch.roll(f_r, 4, dims=-1))
+    assert (out - f_r).abs().mean() / f_r.abs().mean() < 0.35
+    # Where the output reads from follows the features: moved features come out moved (compared
+    # away from the left and right borders, where the wrap-around and the edges differ).
+    interior = (shifted - torch.roll(out, 4, dims=-1))[..., 8:12]
+    assert interior.abs().mean() / f_r.abs().mean() < 0.1
     block = align.blocks[0]
     x = torch.randn(1, 256, 8)
     torch.testing.assert_close(block(x, (16, 16)), x)  # zero-initialised residual branches
