@@ -61,6 +61,7 @@ __all__ = [
     "get_pretrained_entry",
     "list_pretrained",
     "load_pretrained",
+    "load_weights_into",
     "save_pretrained",
     "write_pretrained_index",
 ]
@@ -73,7 +74,7 @@ INDEX_PATH = PRETRAINED_DIR / "index.json"
 
 # Constructor arguments that configure training, not the model: never saved, defaults on load.
 _TRAINING_ONLY_ARGS = frozenset(
-    {"optimizer", "discriminator_optimizer", "scheduler", "discriminator_scheduler"}
+    {"optimizer", "discriminator_optimizer", "scheduler", "discriminator_scheduler", "init_weights"}
 )
 _ALIASES_KEY = "animzoo_aliases"
 
@@ -520,6 +521,32 @@ def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], where: str
             f"{where}: the weights do not fit {type(module).__qualname__}: " + "; ".join(parts) + f". {fix}"
         )
     module.load_state_dict(dict(state), strict=False)
+
+
+def load_weights_into(module: nn.Module, source: str | os.PathLike, map_location: Any = "cpu") -> None:
+    """Load the weights of ``source`` into ``module`` (same method, same sizes), in place.
+
+    ``source``: a Lightning checkpoint (``.ckpt``, its ``state_dict``), a :func:`save_pretrained`
+    folder, or a name in :data:`PRETRAINED` (sha256 checked). Strict like :func:`from_pretrained`,
+    except that a file without a discriminator leaves the module's as it is.
+
+    Raises:
+        PretrainedError: a missing / unreadable file, or weights that do not fit ``module`` (the
+            keys or shapes that differ are named).
+    """
+    fix = "Start from weights of the same method, built with the same recipe sizes."
+    if isinstance(source, str) and source in PRETRAINED:
+        where, state = source, load_pretrained(source, map_location).state_dict()
+    else:
+        path = Path(source).expanduser()
+        if path.suffix == ".ckpt":
+            if not path.is_file():
+                raise PretrainedNotFoundError(f"{path}: no such checkpoint file. Check the path.")
+            where, state = str(path), _load_checkpoint_file(path)["state_dict"]
+        else:
+            directory, _ = _resolve_directory(path)
+            where, state = str(directory / WEIGHTS_NAME), _read_weights(directory / WEIGHTS_NAME, map_location)
+    _load_state(module, state, where, fix)
 
 
 def _resolve_directory(dir_or_name: str | os.PathLike) -> tuple[Path, PretrainedEntry | None]:

@@ -162,6 +162,10 @@ class AnimationModule(LightningModule):
         test_metrics: the metrics of ``test`` / ``validate`` (default: the whole suite,
             :data:`animzoo.metrics.DEFAULT_TEST_METRICS`, with the dlib face backends; recipes
             on synthetic data choose the animzoo backends, e.g. ``{akd: {backend: animzoo70}}``).
+        init_weights: start ``fit`` from these weights: a ``.ckpt``, a pretrained folder or name
+            of the same method and sizes (:func:`animzoo.hub.load_weights_into`). Fine-tuning:
+            the optimisers and schedules start afresh, unlike ``--ckpt_path``, which resumes a
+            run (and wins when both are given).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -180,6 +184,7 @@ class AnimationModule(LightningModule):
         num_samples: int = 4,
         val_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
         test_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # Collects the init args of the whole subclass chain; the factories are not plain data
@@ -202,6 +207,7 @@ class AnimationModule(LightningModule):
         self.num_samples = int(num_samples)
         self.val_metrics_config = val_metrics
         self.test_metrics_config = test_metrics
+        self.init_weights = init_weights
         # Metric collections live outside the module tree (see _set_collection): metric
         # backbones (Inception, AlexNet, detectors) must not enter checkpoints.
         self._collections: dict[str, Any] = {}
@@ -436,6 +442,11 @@ class AnimationModule(LightningModule):
     def setup(self, stage: str) -> None:
         # Built here, not in __init__, so that no constructor loads metric backbones.
         if stage == "fit":
+            if self.init_weights:
+                # Before Lightning restores a --ckpt_path (which therefore wins), on every rank.
+                from animzoo.hub import load_weights_into
+
+                load_weights_into(self, self.init_weights)
             self._collection("val")
         elif stage in ("validate", "test"):
             self._collection("test")

@@ -51,6 +51,9 @@ class ResumeGAN(AnimationModule):
         real, fake = self.discriminator(batch["driving"]), self.discriminator(out["prediction"].detach())
         return ((real - 1) ** 2).mean() + (fake**2).mean(), {}
 
+    def on_train_start(self) -> None:
+        torch.save({k: v.clone() for k, v in self.state_dict().items()}, Path(self.trainer.default_root_dir) / "start.pt")
+
     def on_train_end(self) -> None:
         torch.save(self.seen, Path(self.trainer.default_root_dir) / "seen.pt")
 
@@ -135,3 +138,34 @@ def test_resume_continues_like_an_unbroken_run(tmp_path: Path) -> None:
     losses_resumed, losses_unbroken = _losses(resumed), _losses(unbroken)
     assert sorted(losses_resumed) == [8, 9, 10, 11]
     assert losses_resumed == {step: losses_unbroken[step] for step in losses_resumed}
+
+
+def test_init_weights_fine_tunes_from_a_checkpoint_with_a_fresh_schedule(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    synthesize(root, videos=8, frames=6, size=32, seed=0, clips_per_identity=2, test_fraction=0.5)
+    config = tmp_path / "resume.yaml"
+    config.write_text(CONFIG.format(module=__name__, root=root), encoding="utf-8")
+    first = _run(tmp_path, "first", config, 2)
+    last = next(first.glob("**/checkpoints/last.ckpt"))
+    trained = torch.load(last, weights_only=False)
+
+    tuned = _run(tmp_path, "tuned", config, 1, "--model.init_args.init_weights", str(last))
+    start = torch.load(tuned / "start.pt")
+    for key, value in trained["state_dict"].items():  # training started from the checkpoint's weights ...
+        torch.testing.assert_close(start[key], value, rtol=0, atol=0, msg=key)
+    out = torch.load(next(tuned.glob("**/checkpoints/last.ckpt")), weights_only=False)
+    assert out["global_step"] == 4 and out["epoch"] == 0  # ... as a new run: its own step count,
+    assert out["lr_schedulers"][0]["last_epoch"] == 1  # schedule and learning rate
+    assert out["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 0.7)
+
+    # Weights that do not fit, and a missing file: the error names the file and what differs.
+    wide = _run(tmp_path, "wide", config, 1, "--model.init_args.channels", "8")
+    wide_ckpt = next(wide.glob("**/checkpoints/last.ckpt"))
+    capsys.readouterr()
+    code = main(["fit", "--config", str(config), "--trainer.max_epochs", "1", "--model.init_args.init_weights",
+                 str(wide_ckpt), "--trainer.default_root_dir", str(tmp_path / "bad"), "--trainer.logger", "false"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(wide_ckpt) in err and "generator.0.weight" in err and "shape mismatch" in err
+    code = main(["fit", "--config", str(config), "--trainer.max_epochs", "1", "--model.init_args.init_weights",
+                 str(tmp_path / "nowhere.ckpt"), "--trainer.default_root_dir", str(tmp_path / "bad"), "--trainer.logger", "false"])
+    assert code == 2 and "nowhere.ckpt: no such checkpoint file" in capsys.readouterr().err

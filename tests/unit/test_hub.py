@@ -336,3 +336,27 @@ def test_import_animzoo_is_light() -> None:
         assert name in result.stdout
     assert animzoo.get_method("source_copy") is SourceCopy
     assert "source_copy" in animzoo.list_methods()
+
+
+def test_load_weights_into_from_folder_and_checkpoint(tmp_path: Path) -> None:
+    trained = _module()
+    hub.save_pretrained(trained, tmp_path / "pre")
+    ckpt = _write_ckpt(trained, tmp_path / "m.ckpt")
+    for source, with_discriminator in ((tmp_path / "pre", False), (str(ckpt), True)):
+        fresh = CentroidShift(mix=0.5)
+        fresh_discriminator = fresh.discriminator[0].weight.clone()
+        assert not torch.equal(fresh.proj.weight, trained.proj.weight)
+        hub.load_weights_into(fresh, source)
+        for key, value in trained.state_dict().items():
+            if with_discriminator or not key.startswith("discriminator."):
+                torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
+        # A pretrained folder has no discriminator (save_pretrained leaves it out): it stays as built.
+        kept = fresh.discriminator[0].weight
+        assert torch.equal(kept, trained.discriminator[0].weight if with_discriminator else fresh_discriminator)
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"]["proj.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, tmp_path / "wrong.ckpt")
+    with pytest.raises(hub.PretrainedMismatchError, match=r"wrong\.ckpt.*proj\.weight: file \(1, 1, 1, 1\)"):
+        hub.load_weights_into(CentroidShift(mix=0.5), tmp_path / "wrong.ckpt")
+    with pytest.raises(hub.PretrainedNotFoundError, match="no such checkpoint"):
+        hub.load_weights_into(CentroidShift(mix=0.5), tmp_path / "missing.ckpt")
