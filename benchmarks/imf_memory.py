@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -136,15 +134,15 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"cap {str(row['max_attention_resolution']):>4}  {row['sdpa']:<13}  patches {row['patch_sizes']}  "
+            print(f"cap {row['max_attention_resolution']!s:>4}  {row['sdpa']:<13}  patches {row['patch_sizes']}  "
                   f"step adds {row['step_peak_mib']:8.0f} MiB (peak {row['peak_mib']:.0f} MiB)  {row['step_s']:.1f} s",
                   flush=True)
     if args.json_out:
-        import torch
+        # The sibling script's, so both reports describe the machine alike.
+        from speed import machine_info
 
         report = {
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                        "python": platform.python_version()},
+            "machine": machine_info(args.device, args.threads),
             "recipe": str(RECIPE.relative_to(ROOT)),
             "rows": rows,
         }

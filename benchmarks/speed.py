@@ -428,7 +428,7 @@ def head_meshes(b: int, num_vertices: int, seed: int = 0) -> tuple[Any, Any, Any
     return meshes[0].float(), meshes[1].float(), faces.long(), description
 
 
-def _machine(device: str, threads: int) -> dict[str, Any]:
+def machine_info(device: str, threads: int) -> dict[str, Any]:
     import torch
 
     info = {
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             results.append(result)
             print(_summary(result), flush=True)
-    report = {"machine": _machine(args.device, args.threads), "results": results}
+    report = {"machine": machine_info(args.device, args.threads), "results": results}
     if args.note:
         report["note"] = args.note
     if args.json_out:
