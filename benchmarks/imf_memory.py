@@ -139,16 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     if args.json_out:
         # The sibling script's, so both reports describe the machine alike.
-        from speed import machine_info
+        from speed import machine_info, write_report
 
         report = {
             "machine": machine_info(args.device, args.threads),
             "recipe": str(RECIPE.relative_to(ROOT)),
             "rows": rows,
         }
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_report(args.json_out, report)
     return 0
 
 

@@ -428,6 +428,13 @@ def head_meshes(b: int, num_vertices: int, seed: int = 0) -> tuple[Any, Any, Any
     return meshes[0].float(), meshes[1].float(), faces.long(), description
 
 
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Write a benchmark report as indented JSON, creating its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def machine_info(device: str, threads: int) -> dict[str, Any]:
     import torch
 
@@ -508,9 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         report["note"] = args.note
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_report(args.json_out, report)
     return 0
 
 
