@@ -9,6 +9,9 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# rich folds console lines at the terminal's width (80 columns without one), so a message that
+# names a tmp path broke across lines depending on the path's length: one wide width for all tests.
+os.environ["COLUMNS"] = "400"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -51,9 +51,8 @@ class _Missing(_Blind):
 
 
 def test_annotate_writes_sidecars_a_report_and_reruns_cheaply(
-    heads: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    heads: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "400")  # keep rich from folding file names across lines
     videos = sorted(heads.glob("*/*.mp4"))
     corrupt = heads / "train" / "zz#corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)

@@ -64,11 +64,9 @@ def test_synth_refuses_a_non_empty_folder(synth_root: Path) -> None:
 
 def test_inspect_reports_every_problem_with_its_file(
     synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import shutil
 
-    monkeypatch.setenv("COLUMNS", "400")  # keep rich from folding file names across lines
     broken = tmp_path / "broken"
     shutil.copytree(synth_root, broken)
     train_videos = sorted((broken / "train").glob("*.mp4"))

@@ -41,9 +41,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     server.shutdown()
 
 
-def test_list_download_verify(served, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "300")
+def test_list_download_verify(served, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", "list"]) == 0
     listing = capsys.readouterr().out
     assert "vgg19" in listing and "tiny-test" in listing and "missing" in listing
