@@ -52,6 +52,7 @@ their constructors.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -166,6 +167,11 @@ class AnimationModule(LightningModule):
             of the same method and sizes (:func:`animzoo.hub.load_weights_into`). Fine-tuning:
             the optimisers and schedules start afresh, unlike ``--ckpt_path``, which resumes a
             run (and wins when both are given).
+        lr_multipliers: ``{pattern: factor}``: generator parameters whose name (as in
+            ``named_parameters()``) matches the ``fnmatch`` pattern learn at the optimiser's
+            learning rate times ``factor``, in their own parameter group (the first matching
+            pattern wins), e.g. ``{"alignment.levels.*.motion_gain": 10}``. A pattern that
+            matches no parameter is refused (a typo would silently train at the plain rate).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -185,6 +191,7 @@ class AnimationModule(LightningModule):
         val_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
         test_metrics: list[str] | dict[str, dict[str, Any]] | None = None,
         init_weights: str | None = None,
+        lr_multipliers: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         # Collects the init args of the whole subclass chain; the factories are not plain data
@@ -208,6 +215,10 @@ class AnimationModule(LightningModule):
         self.val_metrics_config = val_metrics
         self.test_metrics_config = test_metrics
         self.init_weights = init_weights
+        self.lr_multipliers = dict(lr_multipliers or {})
+        for pattern, factor in self.lr_multipliers.items():
+            if not float(factor) > 0:
+                raise ValueError(f"lr_multipliers[{pattern!r}] must be > 0, got {factor}")
         # Metric collections live outside the module tree (see _set_collection): metric
         # backbones (Inception, AlexNet, detectors) must not enter checkpoints.
         self._collections: dict[str, Any] = {}
@@ -301,7 +312,7 @@ class AnimationModule(LightningModule):
                 f"{name} has no trainable parameters, so there is nothing to fit; evaluate it "
                 f"directly (no checkpoint needed): animzoo test --model {name} --config RECIPE"
             )
-        optimizers = [self.optimizer_factory(g_params)]
+        optimizers = [self._generator_optimizer(g_params)]
         d_params = self._trainable(self.discriminator_parameters())
         if d_params:
             factory = self.discriminator_optimizer_factory or self.optimizer_factory
@@ -316,6 +327,29 @@ class AnimationModule(LightningModule):
         if schedulers:
             return optimizers, schedulers
         return optimizers
+
+    def _generator_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The generator optimiser; parameters matched by ``lr_multipliers`` get their own
+        parameter group at the recipe's learning rate times their factor."""
+        optimizer = self.optimizer_factory(params)
+        if not self.lr_multipliers:
+            return optimizer
+        names = {id(p): name for name, p in self.named_parameters()}
+        factors: dict[int, float] = {}
+        for pattern, factor in self.lr_multipliers.items():
+            matched = [p for p in params if fnmatch.fnmatchcase(names.get(id(p), ""), pattern)]
+            if not matched:
+                raise AnimzooInputError(
+                    f"{type(self).__name__}: lr_multipliers pattern {pattern!r} matches no trainable generator "
+                    f"parameter; names look like {sorted(names.values())[:3]} (see named_parameters())"
+                )
+            for p in matched:
+                factors.setdefault(id(p), float(factor))
+        lr = optimizer.param_groups[0]["lr"]
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p in params:
+            groups.setdefault(factors.get(id(p), 1.0), []).append(p)
+        return self.optimizer_factory([{"params": ps, "lr": lr * factor} for factor, ps in groups.items()])
 
     def _optimizer_pair(self) -> tuple[Any, Any | None]:
         optimizers = self.optimizers()

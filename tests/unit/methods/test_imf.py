@@ -139,6 +139,34 @@ def test_generator_step_trains_every_network_and_the_discriminator_step_only_its
     assert "disc_gan" in d_logs and d_loss > 0
 
 
+def test_lr_multipliers_give_matched_parameters_their_own_learning_rate() -> None:
+    def adam(params):
+        return torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
+
+    plain = small_model(optimizer=adam).configure_optimizers()[0]
+    assert [g["lr"] for g in plain.param_groups] == [1e-3]  # the paper: one rate
+    model = small_model(optimizer=adam, lr_multipliers={"alignment.levels.*.motion_gain": 10.0, "token_decoder.*": 2.0})
+    generator, discriminator = model.configure_optimizers()
+    rates = {group["lr"]: {id(p) for p in group["params"]} for group in generator.param_groups}
+    assert sorted(rates) == [1e-3, 2e-3, 1e-2] and discriminator.param_groups[0]["lr"] == 1e-3
+    gains = [level.motion_gain for level in model.alignment.levels]
+    assert rates[1e-2] == {id(p) for p in gains}
+    assert rates[2e-3] == {id(p) for p in model.token_decoder.parameters()}
+    others = {id(p) for p in model.parameters()} - {id(p) for p in model.discriminator.parameters()}
+    assert rates[1e-3] == others - rates[1e-2] - rates[2e-3]
+    # The gains are scalars: one Adam step moves each by about its group's rate.
+    before = torch.stack([g.detach().clone() for g in gains])
+    loss, _, _ = model.generator_step({"source": frames(), "driving": frames(seed=1)})
+    loss.backward()
+    generator.step()
+    moved = torch.stack([g.detach() for g in gains]) - before
+    torch.testing.assert_close(moved.abs(), torch.full_like(moved, 1e-2), rtol=1e-3, atol=0.0)
+    with pytest.raises(AnimzooInputError, match="'alignment.motion_gain' matches no"):
+        small_model(optimizer=adam, lr_multipliers={"alignment.motion_gain": 10.0}).configure_optimizers()
+    with pytest.raises(ValueError, match="must be > 0"):
+        small_model(lr_multipliers={"token_decoder.*": 0.0})
+
+
 def test_reference_reconstructs_from_its_own_token_after_training() -> None:
     # Self-reconstruction (the identity motion) is the case IMF must get right. Trained the usual
     # way (random frame pairs of a clip) it becomes near exact: well under the 0.0084 that the
