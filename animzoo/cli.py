@@ -765,7 +765,10 @@ def _cli_class() -> Any:
                     "trainer.callbacks": [
                         {
                             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                            "init_args": {"save_last": True},
+                            # On every training epoch's end, not only after validation: with
+                            # check_val_every_n_epoch > 1 the epochs after the last validation
+                            # were never saved (a 60-epoch run validated every 8 ended at 56).
+                            "init_args": {"save_last": True, "save_on_train_epoch_end": True},
                         }
                     ],
                     "trainer.default_root_dir": "runs",

@@ -100,6 +100,17 @@ def test_fit_saves_checkpoint_config_and_samples(fitted: Path) -> None:
     assert "CliGAN" in (run / "config.yaml").read_text()
 
 
+def test_last_checkpoint_holds_the_last_epoch_when_validation_is_sparser(workspace: dict[str, Path]) -> None:
+    # Validating every 2nd of 3 epochs, Lightning's default saves only after validation: the
+    # last epoch would be lost. animzoo's default checkpoint saves at every epoch's end.
+    out = workspace["tmp"] / "sparse-val"
+    code = main(["fit", "--config", str(workspace["gan"]), "--trainer.max_epochs", "3",
+                 "--trainer.limit_train_batches", "1", "--trainer.check_val_every_n_epoch", "2", *_csv(out)])
+    assert code == 0
+    ckpt = torch.load(out / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (2, 3)
+
+
 def test_test_and_predict_with_the_checkpoint(workspace: dict[str, Path], fitted: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = fitted / "version_0" / "checkpoints" / "last.ckpt"
