@@ -331,9 +331,8 @@ class AnimationModule(LightningModule):
     def _generator_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The generator optimiser; parameters matched by ``lr_multipliers`` get their own
         parameter group at the recipe's learning rate times their factor."""
-        optimizer = self.optimizer_factory(params)
         if not self.lr_multipliers:
-            return optimizer
+            return self.optimizer_factory(params)
         names = {id(p): name for name, p in self.named_parameters()}
         factors: dict[int, float] = {}
         for pattern, factor in self.lr_multipliers.items():
@@ -345,11 +344,14 @@ class AnimationModule(LightningModule):
                 )
             for p in matched:
                 factors.setdefault(id(p), float(factor))
-        lr = optimizer.param_groups[0]["lr"]
         groups: dict[float, list[nn.Parameter]] = {}
         for p in params:
             groups.setdefault(factors.get(id(p), 1.0), []).append(p)
-        return self.optimizer_factory([{"params": ps, "lr": lr * factor} for factor, ps in groups.items()])
+        # Groups without their own "lr" take the recipe's; scaled before any scheduler reads them.
+        optimizer = self.optimizer_factory([{"params": ps} for ps in groups.values()])
+        for group, factor in zip(optimizer.param_groups, groups):
+            group["lr"] *= factor
+        return optimizer
 
     def _optimizer_pair(self) -> tuple[Any, Any | None]:
         optimizers = self.optimizers()
