@@ -6,6 +6,12 @@ tokens of one clip's frames around their mean, the distance between the two clip
 their overall spread, per scale. A model that transfers motion has within-clip spread of the order
 of the between-clip distance and features that vary with the frame.
 
+Then, on both clips (frame 0 as the reference, as in the reconstruction protocol), the L1 errors
+that separate the two things a model must learn: redrawing (``self-reconstruction``: every frame
+as its own reference) and moving (``animated`` against ``still``, the reference redrawn under its
+own token, and ``copy``, the reference itself). A model moves the head when ``animated`` is well
+below ``still``; it can beat SourceCopy only once ``self-reconstruction`` is well below ``copy``.
+
     python benchmarks/imf_token_spread.py --model runs/animzoo/<id>/checkpoints/last.ckpt
 """
 
@@ -45,6 +51,17 @@ def main() -> None:
         for scale, features in enumerate(model.token_decoder(tokens[:8])):
             print(f"scale {scale} ({features.shape[-1]} px): motion features vary "
                   f"{features.std(0).mean() / features.std():.2%} across frames")
+        for name, batch in (("clip 1", first), ("clip 2", second)):
+            clip = batch["driving"]
+            reference = clip[:1].expand_as(clip)
+            own_tokens = model.encode_tokens(clip[:1]).expand(len(clip), -1)
+            errors = {
+                "self-reconstruction": model.animate({"source": clip, "driving": clip})["prediction"],
+                "animated": model.animate({"source": reference, "driving": clip})["prediction"],
+                "still": model.decode(reference, own_tokens)["prediction"],
+                "copy": reference,
+            }
+            print(f"{name} L1: " + "  ".join(f"{k} {(v - clip).abs().mean():.4f}" for k, v in errors.items()))
 
 
 if __name__ == "__main__":

@@ -186,9 +186,9 @@ class CrossAttentionAlignment(nn.Module):
 
     The whole module starts as the identity motion, as warping methods start from the identity
     flow: the embedding starts as :func:`sinusoidal_positions` (each position attends to itself),
-    the motion features enter with a gain of 0.1 (so they do not scramble that at first; Adam
-    learns them at full speed regardless), and the transformer blocks start as the identity
-    (``zero_init``). Training then moves away from it.
+    the motion features enter through a gain (``motion_gain``; at the default 0.1 they cannot
+    scramble that), and the transformer blocks start as the identity (``zero_init``). Training
+    then moves away from it.
 
     Args:
         query_channels: channels of ``m_c`` / ``m_r``.
@@ -203,6 +203,12 @@ class CrossAttentionAlignment(nn.Module):
             a tail over the neighbourhood; tested). 8 did not make the synthetic recipe's tokens
             learn motion any sooner (640 steps; the token pathway is the slow part), so the
             default stays 16, what the trained model used.
+        motion_gain: the initial gain on ``m_c`` and ``m_r``. The motion features reach the
+            logits only through it, and their gradient is proportional to it. A StyleGAN-style
+            decoder's demodulated features are small (per-position norm about half of
+            ``sqrt(C_qk)``), so even 2 hardly moves the initial attention off the identity.
+        learn_motion_gain: learn the gain (a parameter) or keep it fixed (a buffer, still saved
+            in the state dict).
 
     ``forward(m_c, m_r, f_r, patch=1)``: ``B x C_qk x H x W``, ``B x C_qk x H x W``,
     ``B x C_v x H x W`` -> ``B x C_v x H x W``; ``patch`` as in :func:`patch_attention`.
@@ -210,7 +216,7 @@ class CrossAttentionAlignment(nn.Module):
 
     def __init__(self, query_channels: int, value_channels: int, size: tuple[int, int], num_blocks: int = 4,
                  num_heads: int = 8, mlp_dim: int = 1024, initial_patch: int = 1,
-                 initial_self_logit: float = 16.0) -> None:
+                 initial_self_logit: float = 16.0, motion_gain: float = 0.1, learn_motion_gain: bool = True) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.query_channels = query_channels
@@ -218,7 +224,11 @@ class CrossAttentionAlignment(nn.Module):
         self.position = nn.Parameter(
             sinusoidal_positions(self.size, query_channels, initial_self_logit, cell=initial_patch)
         )
-        self.motion_gain = nn.Parameter(torch.tensor(0.1))
+        gain = torch.tensor(float(motion_gain))
+        if learn_motion_gain:
+            self.motion_gain = nn.Parameter(gain)
+        else:
+            self.register_buffer("motion_gain", gain)
         self.blocks = nn.ModuleList(
             TransformerBlock(value_channels, num_heads, mlp_dim, zero_init=True) for _ in range(num_blocks)
         )

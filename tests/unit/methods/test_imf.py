@@ -167,6 +167,17 @@ def test_lr_multipliers_give_matched_parameters_their_own_learning_rate() -> Non
         small_model(lr_multipliers={"token_decoder.*": 0.0})
 
 
+def test_motion_gain_recipe_keys_reach_every_scale() -> None:
+    model = small_model(alignment={"num_blocks": 1, "num_heads": 2, "mlp_dim": 16, "motion_gain": 2.0,
+                                   "learn_motion_gain": False})
+    assert [float(level.motion_gain) for level in model.alignment.levels] == [2.0] * 4
+    assert not any("motion_gain" in name for name, _ in model.named_parameters())
+    # A fixed gain is not a parameter, so a learning-rate pattern for it has nothing to match.
+    with pytest.raises(AnimzooInputError, match="matches no"):
+        small_model(alignment={"num_blocks": 1, "num_heads": 2, "mlp_dim": 16, "learn_motion_gain": False},
+                    lr_multipliers={"alignment.levels.*.motion_gain": 10.0}).configure_optimizers()
+
+
 def test_reference_reconstructs_from_its_own_token_after_training() -> None:
     # Self-reconstruction (the identity motion) is the case IMF must get right. Trained the usual
     # way (random frame pairs of a clip) it becomes near exact: well under the 0.0084 that the

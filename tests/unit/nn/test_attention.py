@@ -185,3 +185,29 @@ def test_alignment_starts_as_the_identity_motion() -> None:
     block = align.blocks[0]
     x = torch.randn(1, 256, 8)
     torch.testing.assert_close(block(x, (16, 16)), x)  # zero-initialised residual branches
+
+
+def test_motion_gain_sets_how_much_the_motion_features_move_attention_and_can_be_fixed() -> None:
+    torch.manual_seed(0)
+    m_c, m_r = torch.randn(1, 32, 16, 16), torch.randn(1, 32, 16, 16)
+    f_r = F.interpolate(torch.randn(1, 8, 4, 4), size=(16, 16), mode="bicubic", align_corners=True)
+
+    def build(gain: float, learn: bool = True) -> CrossAttentionAlignment:
+        torch.manual_seed(1)
+        return CrossAttentionAlignment(32, 8, (16, 16), num_blocks=1, num_heads=2, mlp_dim=16,
+                                       motion_gain=gain, learn_motion_gain=learn)
+
+    with torch.no_grad():
+        silent = build(0.0)
+        other = torch.randn(1, 32, 16, 16)
+        torch.testing.assert_close(silent(m_c, m_r, f_r), silent(other, m_r, f_r))  # gain 0: motion ignored
+        # A larger gain moves the output further from the identity start.
+        moved = [float((build(g)(m_c, m_r, f_r) - f_r).abs().mean()) for g in (0.1, 1.0, 3.0)]
+    assert moved[0] < moved[1] < moved[2]
+    fixed = build(2.0, learn=False)
+    assert "motion_gain" not in dict(fixed.named_parameters())
+    assert float(fixed.state_dict()["motion_gain"]) == 2.0  # saved with the model all the same
+    learned = build(2.0)
+    assert dict(learned.named_parameters())["motion_gain"].requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(m_c, m_r, f_r), learned(m_c, m_r, f_r))
