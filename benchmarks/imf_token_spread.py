@@ -54,11 +54,12 @@ def main() -> None:
         for name, batch in (("clip 1", first), ("clip 2", second)):
             clip = batch["driving"]
             reference = clip[:1].expand_as(clip)
-            own_tokens = model.encode_tokens(clip[:1]).expand(len(clip), -1)
+            animated = model.animate({"source": reference, "driving": clip})
             errors = {
                 "self-reconstruction": model.animate({"source": clip, "driving": clip})["prediction"],
-                "animated": model.animate({"source": reference, "driving": clip})["prediction"],
-                "still": model.decode(reference, own_tokens)["prediction"],
+                "animated": animated["prediction"],
+                # the reference under its own token (already encoded by animate): motion switched off
+                "still": model.decode(reference, animated["reference_tokens"])["prediction"],
                 "copy": reference,
             }
             print(f"{name} L1: " + "  ".join(f"{k} {(v - clip).abs().mean():.4f}" for k, v in errors.items()))
