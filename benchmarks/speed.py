@@ -436,12 +436,14 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 def machine_info(device: str, threads: int) -> dict[str, Any]:
+    """What every benchmark report says about the machine it ran on (the benchmarks share it)."""
     import torch
 
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
     }
