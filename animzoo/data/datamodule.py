@@ -116,6 +116,8 @@ class AnimationDataModule(pl.LightningDataModule):
         cross_identity: also test on ``pairs.csv``.
         max_frame_gap: training pairs are 1 to ``max_frame_gap`` frames apart (None: any two
             frames of the video, as first-order-model).
+        min_frame_gap: training pairs are at least ``min_frame_gap`` frames apart (clamped to
+            the video's length; with either gap set, the gap is drawn uniformly).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class AnimationDataModule(pl.LightningDataModule):
         augment: dict[str, float] | None = None,
         cross_identity: bool = True,
         max_frame_gap: int | None = None,
+        min_frame_gap: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -167,6 +170,11 @@ class AnimationDataModule(pl.LightningDataModule):
         if max_frame_gap is not None and max_frame_gap < 1:
             raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
         self.max_frame_gap = max_frame_gap
+        if min_frame_gap is not None and min_frame_gap < 1:
+            raise ValueError(f"min_frame_gap must be >= 1 or None, got {min_frame_gap}")
+        if min_frame_gap is not None and max_frame_gap is not None and min_frame_gap > max_frame_gap:
+            raise ValueError(f"min_frame_gap ({min_frame_gap}) must not exceed max_frame_gap ({max_frame_gap})")
+        self.min_frame_gap = min_frame_gap
         self.requires: frozenset[str] = self.base_requires
         self.mesh_vertex_count: int | None = None
         self.augmentation: PairAugmentation | None = None
@@ -254,6 +262,7 @@ class AnimationDataModule(pl.LightningDataModule):
                 landmark_count=self.landmark_count,
                 required_by=method,
                 max_frame_gap=self.max_frame_gap if mode == "pairs" else None,
+                min_frame_gap=self.min_frame_gap if mode == "pairs" else None,
                 mesh_vertex_count=self.mesh_vertex_count,
             )
         except SidecarError as err:

@@ -318,8 +318,10 @@ class VideoFolder(Dataset):
 
     ``mode="pairs"`` (training): item ``i`` reads two frames of one video, distinct when the
     video has more than one frame, sorted: the earlier is the source, the later the driving
-    frame (with ``max_frame_gap``: 1 to ``max_frame_gap`` frames after the source, the gap drawn
-    uniformly, e.g. for a tracking loss on nearby frames). The choice is a pure function of
+    frame (with ``max_frame_gap`` and/or ``min_frame_gap``: the driving frame ``min_frame_gap``
+    (default 1) to ``max_frame_gap`` (default: the video's last) frames after the source, the gap
+    drawn uniformly, e.g. nearby frames for a tracking loss or distant ones so that redrawing the
+    source is a poor guess; a video too short for ``min_frame_gap`` gives its first and last frame). The choice is a pure function of
     ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
     (``epoch * len(self) + i``).
 
@@ -392,6 +394,7 @@ class VideoFolder(Dataset):
         required_by: str | None = None,
         max_frame_gap: int | None = None,
         mesh_vertex_count: int | None = None,
+        min_frame_gap: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -421,6 +424,13 @@ class VideoFolder(Dataset):
         if max_frame_gap is not None and int(max_frame_gap) < 1:
             raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
         self.max_frame_gap = None if max_frame_gap is None else int(max_frame_gap)
+        if min_frame_gap is not None and int(min_frame_gap) < 1:
+            raise ValueError(f"min_frame_gap must be >= 1 or None, got {min_frame_gap}")
+        self.min_frame_gap = None if min_frame_gap is None else int(min_frame_gap)
+        if self.min_frame_gap is not None and self.max_frame_gap is not None and self.min_frame_gap > self.max_frame_gap:
+            raise ValueError(
+                f"min_frame_gap ({self.min_frame_gap}) must not exceed max_frame_gap ({self.max_frame_gap})"
+            )
         if mesh_vertex_count is not None and int(mesh_vertex_count) < 1:
             raise ValueError(f"mesh_vertex_count must be >= 1 or None, got {mesh_vertex_count}")
         self.mesh_vertex_count = None if mesh_vertex_count is None else int(mesh_vertex_count)
@@ -671,9 +681,11 @@ class VideoFolder(Dataset):
             video = self.videos[base]
         with aio.VideoReader(video.path, frame_shape=self.frame_shape) as reader:
             num_frames = reader.num_frames
-            if num_frames >= 2 and self.max_frame_gap is not None:
-                # Nearby frames (e.g. for a tracking loss): gap uniform in 1..max_frame_gap.
-                gap = int(rng.integers(1, min(self.max_frame_gap, num_frames - 1) + 1))
+            if num_frames >= 2 and (self.max_frame_gap is not None or self.min_frame_gap is not None):
+                # Gap uniform in min..max, both clamped to what the video has (1..num_frames - 1).
+                longest = num_frames - 1 if self.max_frame_gap is None else min(self.max_frame_gap, num_frames - 1)
+                shortest = min(self.min_frame_gap or 1, longest)
+                gap = int(rng.integers(shortest, longest + 1))
                 first = int(rng.integers(0, num_frames - gap))
                 second = first + gap
             elif num_frames >= 2:

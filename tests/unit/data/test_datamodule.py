@@ -64,6 +64,18 @@ def test_fit_batches_follow_the_contract(tiny_dataset, helpers) -> None:
     assert all(b["mode"] == "reconstruction" for b in val)
 
 
+def test_frame_gaps_reach_the_training_pairs_only(tiny_dataset) -> None:
+    dm = AnimationDataModule(root=str(tiny_dataset.root), batch_size=2, num_repeats=4, min_frame_gap=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    gaps = torch.cat([b["frame_index"] - b["source_frame_index"] for b in dm.train_dataloader()])
+    assert (gaps >= 2).all()
+    # Evaluation keeps its protocol (frame 0 drives from itself on).
+    assert min(int(b["frame_index"].min()) for b in dm.val_dataloader()) == 0
+    with pytest.raises(ValueError, match=r"min_frame_gap \(3\) must not exceed max_frame_gap \(2\)"):
+        AnimationDataModule(root=str(tiny_dataset.root), min_frame_gap=3, max_frame_gap=2)
+
+
 def test_test_loaders_add_cross_pairs_when_pairs_csv_exists(tiny_dataset) -> None:
     dm = AnimationDataModule(root=str(tiny_dataset.root), chunk_size=4, test_batch_size=2)
     dm.setup("test")

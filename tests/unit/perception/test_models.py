@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from animzoo import io as aio
 from animzoo.data.videos import VideoFolder
 from animzoo.perception.identity import IdentityEmbedder
 from animzoo.perception.landmarks import LandmarkDetector
@@ -81,6 +82,25 @@ def test_max_frame_gap_gives_nearby_pairs(unseen_heads: Path) -> None:
     assert max(anywhere[i]["frame_index"] - anywhere[i]["source_frame_index"] for i in range(len(anywhere))) > 2
     with pytest.raises(ValueError, match="max_frame_gap"):
         VideoFolder(unseen_heads, "train", max_frame_gap=0)
+
+
+def test_min_frame_gap_gives_distant_pairs(unseen_heads: Path) -> None:
+    far = VideoFolder(unseen_heads, "train", min_frame_gap=5, num_repeats=4)
+    gaps = [far[i]["frame_index"] - far[i]["source_frame_index"] for i in range(len(far))]
+    assert min(gaps) >= 5 and len(set(gaps)) > 1
+    # With both bounds the gap stays inside them; a window of one gap gives exactly that gap.
+    band = VideoFolder(unseen_heads, "train", min_frame_gap=3, max_frame_gap=3, num_repeats=2)
+    assert {band[i]["frame_index"] - band[i]["source_frame_index"] for i in range(len(band))} == {3}
+    # A gap longer than the videos gives their first and last frames instead of failing.
+    longest = VideoFolder(unseen_heads, "train", min_frame_gap=10_000)
+    with aio.VideoReader(longest.videos[0].path) as reader:
+        last = reader.num_frames - 1
+    item = longest[0]
+    assert (item["source_frame_index"], item["frame_index"]) == (0, last)
+    with pytest.raises(ValueError, match="min_frame_gap"):
+        VideoFolder(unseen_heads, "train", min_frame_gap=0)
+    with pytest.raises(ValueError, match=r"min_frame_gap \(4\) must not exceed max_frame_gap \(2\)"):
+        VideoFolder(unseen_heads, "train", min_frame_gap=4, max_frame_gap=2)
 
 
 def test_identity_random_crop_keeps_content_and_is_off_at_zero() -> None:
