@@ -30,6 +30,7 @@ from animzoo.data.videos import (
     SIDECAR_KINDS,
     EpochSampler,
     VideoFolder,
+    check_frame_gaps,
     collate_chunks,
     collate_pairs,
 )
@@ -167,14 +168,8 @@ class AnimationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augment_config = AugmentConfig.from_dict(augment)
         self.cross_identity = cross_identity
-        if max_frame_gap is not None and max_frame_gap < 1:
-            raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
-        self.max_frame_gap = max_frame_gap
-        if min_frame_gap is not None and min_frame_gap < 1:
-            raise ValueError(f"min_frame_gap must be >= 1 or None, got {min_frame_gap}")
-        if min_frame_gap is not None and max_frame_gap is not None and min_frame_gap > max_frame_gap:
-            raise ValueError(f"min_frame_gap ({min_frame_gap}) must not exceed max_frame_gap ({max_frame_gap})")
-        self.min_frame_gap = min_frame_gap
+        # Checked here too, so a bad recipe fails when the config is read, not at setup().
+        self.min_frame_gap, self.max_frame_gap = check_frame_gaps(min_frame_gap, max_frame_gap)
         self.requires: frozenset[str] = self.base_requires
         self.mesh_vertex_count: int | None = None
         self.augmentation: PairAugmentation | None = None

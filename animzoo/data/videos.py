@@ -313,6 +313,17 @@ def _with_inspect_hint(err: AnimzooInputError, root: Path) -> AnimzooInputError:
     return new
 
 
+def check_frame_gaps(min_frame_gap: int | None, max_frame_gap: int | None) -> tuple[int | None, int | None]:
+    """Validate the training pairs' frame-gap bounds (each >= 1 or None, min <= max); return them as ints."""
+    gaps = {"min_frame_gap": min_frame_gap, "max_frame_gap": max_frame_gap}
+    for name, gap in gaps.items():
+        if gap is not None and int(gap) < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {gap}")
+    if min_frame_gap is not None and max_frame_gap is not None and int(min_frame_gap) > int(max_frame_gap):
+        raise ValueError(f"min_frame_gap ({min_frame_gap}) must not exceed max_frame_gap ({max_frame_gap})")
+    return tuple(None if gap is None else int(gap) for gap in gaps.values())  # type: ignore[return-value]
+
+
 class VideoFolder(Dataset):
     """Frames (and sidecars) of a video dataset, in one of three modes.
 
@@ -321,8 +332,8 @@ class VideoFolder(Dataset):
     frame (with ``max_frame_gap`` and/or ``min_frame_gap``: the driving frame ``min_frame_gap``
     (default 1) to ``max_frame_gap`` (default: the video's last) frames after the source, the gap
     drawn uniformly, e.g. nearby frames for a tracking loss or distant ones so that redrawing the
-    source is a poor guess; a video too short for ``min_frame_gap`` gives its first and last frame). The choice is a pure function of
-    ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
+    source is a poor guess; a video too short for ``min_frame_gap`` gives its first and last
+    frame). The choice is a pure function of ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
     (``epoch * len(self) + i``).
 
     ``mode="reconstruction"`` (test protocol of first-order-model): source = frame 0 of a
@@ -421,16 +432,7 @@ class VideoFolder(Dataset):
         self.chunk_size = int(chunk_size)
         self.landmark_count = landmark_count
         self.required_by = required_by
-        if max_frame_gap is not None and int(max_frame_gap) < 1:
-            raise ValueError(f"max_frame_gap must be >= 1 or None, got {max_frame_gap}")
-        self.max_frame_gap = None if max_frame_gap is None else int(max_frame_gap)
-        if min_frame_gap is not None and int(min_frame_gap) < 1:
-            raise ValueError(f"min_frame_gap must be >= 1 or None, got {min_frame_gap}")
-        self.min_frame_gap = None if min_frame_gap is None else int(min_frame_gap)
-        if self.min_frame_gap is not None and self.max_frame_gap is not None and self.min_frame_gap > self.max_frame_gap:
-            raise ValueError(
-                f"min_frame_gap ({self.min_frame_gap}) must not exceed max_frame_gap ({self.max_frame_gap})"
-            )
+        self.min_frame_gap, self.max_frame_gap = check_frame_gaps(min_frame_gap, max_frame_gap)
         if mesh_vertex_count is not None and int(mesh_vertex_count) < 1:
             raise ValueError(f"mesh_vertex_count must be >= 1 or None, got {mesh_vertex_count}")
         self.mesh_vertex_count = None if mesh_vertex_count is None else int(mesh_vertex_count)
