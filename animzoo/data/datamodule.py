@@ -119,6 +119,9 @@ class AnimationDataModule(pl.LightningDataModule):
             frames of the video, as first-order-model).
         min_frame_gap: training pairs are at least ``min_frame_gap`` frames apart (clamped to
             the video's length; with either gap set, the gap is drawn uniformly).
+        min_frame_gap_epochs: ``min_frame_gap`` holds for this many epochs, then training pairs
+            are drawn as without it (None: always). Distant pairs first make a method that must
+            learn motion stop redrawing the source early; all pairs after sharpen the redraw.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class AnimationDataModule(pl.LightningDataModule):
         cross_identity: bool = True,
         max_frame_gap: int | None = None,
         min_frame_gap: int | None = None,
+        min_frame_gap_epochs: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -169,7 +173,9 @@ class AnimationDataModule(pl.LightningDataModule):
         self.augment_config = AugmentConfig.from_dict(augment)
         self.cross_identity = cross_identity
         # Checked here too, so a bad recipe fails when the config is read, not at setup().
-        self.min_frame_gap, self.max_frame_gap = check_frame_gaps(min_frame_gap, max_frame_gap)
+        self.min_frame_gap, self.max_frame_gap, self.min_frame_gap_epochs = check_frame_gaps(
+            min_frame_gap, max_frame_gap, min_frame_gap_epochs
+        )
         self.requires: frozenset[str] = self.base_requires
         self.mesh_vertex_count: int | None = None
         self.augmentation: PairAugmentation | None = None
@@ -258,6 +264,7 @@ class AnimationDataModule(pl.LightningDataModule):
                 required_by=method,
                 max_frame_gap=self.max_frame_gap if mode == "pairs" else None,
                 min_frame_gap=self.min_frame_gap if mode == "pairs" else None,
+                min_frame_gap_epochs=self.min_frame_gap_epochs if mode == "pairs" else None,
                 mesh_vertex_count=self.mesh_vertex_count,
             )
         except SidecarError as err:

@@ -313,15 +313,27 @@ def _with_inspect_hint(err: AnimzooInputError, root: Path) -> AnimzooInputError:
     return new
 
 
-def check_frame_gaps(min_frame_gap: int | None, max_frame_gap: int | None) -> tuple[int | None, int | None]:
-    """Validate the training pairs' frame-gap bounds (each >= 1 or None, min <= max); return them as ints."""
+def check_frame_gaps(
+    min_frame_gap: int | None, max_frame_gap: int | None, min_frame_gap_epochs: int | None = None
+) -> tuple[int | None, int | None, int | None]:
+    """Validate the training pairs' frame-gap settings (gaps >= 1 or None, min <= max;
+    ``min_frame_gap_epochs`` >= 1 and only with a ``min_frame_gap``); return them as ints."""
     gaps = {"min_frame_gap": min_frame_gap, "max_frame_gap": max_frame_gap}
     for name, gap in gaps.items():
         if gap is not None and int(gap) < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {gap}")
     if min_frame_gap is not None and max_frame_gap is not None and int(min_frame_gap) > int(max_frame_gap):
         raise ValueError(f"min_frame_gap ({min_frame_gap}) must not exceed max_frame_gap ({max_frame_gap})")
-    return tuple(None if gap is None else int(gap) for gap in gaps.values())  # type: ignore[return-value]
+    if min_frame_gap_epochs is not None:
+        if int(min_frame_gap_epochs) < 1:
+            raise ValueError(f"min_frame_gap_epochs must be >= 1 or None, got {min_frame_gap_epochs}")
+        if min_frame_gap is None:
+            raise ValueError(
+                f"min_frame_gap_epochs={min_frame_gap_epochs} limits min_frame_gap to the first epochs, "
+                "but min_frame_gap is not set; set both or neither"
+            )
+    values = (min_frame_gap, max_frame_gap, min_frame_gap_epochs)
+    return tuple(None if value is None else int(value) for value in values)  # type: ignore[return-value]
 
 
 class VideoFolder(Dataset):
@@ -333,7 +345,8 @@ class VideoFolder(Dataset):
     (default 1) to ``max_frame_gap`` (default: the video's last) frames after the source, the gap
     drawn uniformly, e.g. nearby frames for a tracking loss or distant ones so that redrawing the
     source is a poor guess; a video too short for ``min_frame_gap`` gives its first and last
-    frame). The choice is a pure function of ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
+    frame; with ``min_frame_gap_epochs = N`` the minimum holds in epochs 0 to N - 1 only, and later
+    epochs draw pairs as if it were not set: a curriculum of distant pairs first). The choice is a pure function of ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
     (``epoch * len(self) + i``).
 
     ``mode="reconstruction"`` (test protocol of first-order-model): source = frame 0 of a
@@ -406,6 +419,7 @@ class VideoFolder(Dataset):
         max_frame_gap: int | None = None,
         mesh_vertex_count: int | None = None,
         min_frame_gap: int | None = None,
+        min_frame_gap_epochs: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -432,7 +446,9 @@ class VideoFolder(Dataset):
         self.chunk_size = int(chunk_size)
         self.landmark_count = landmark_count
         self.required_by = required_by
-        self.min_frame_gap, self.max_frame_gap = check_frame_gaps(min_frame_gap, max_frame_gap)
+        self.min_frame_gap, self.max_frame_gap, self.min_frame_gap_epochs = check_frame_gaps(
+            min_frame_gap, max_frame_gap, min_frame_gap_epochs
+        )
         if mesh_vertex_count is not None and int(mesh_vertex_count) < 1:
             raise ValueError(f"mesh_vertex_count must be >= 1 or None, got {mesh_vertex_count}")
         self.mesh_vertex_count = None if mesh_vertex_count is None else int(mesh_vertex_count)
@@ -683,10 +699,13 @@ class VideoFolder(Dataset):
             video = self.videos[base]
         with aio.VideoReader(video.path, frame_shape=self.frame_shape) as reader:
             num_frames = reader.num_frames
-            if num_frames >= 2 and (self.max_frame_gap is not None or self.min_frame_gap is not None):
+            min_gap = self.min_frame_gap
+            if self.min_frame_gap_epochs is not None and epoch >= self.min_frame_gap_epochs:
+                min_gap = None  # the curriculum's distant-pairs phase is over
+            if num_frames >= 2 and (self.max_frame_gap is not None or min_gap is not None):
                 # Gap uniform in min..max, both clamped to what the video has (1..num_frames - 1).
                 longest = num_frames - 1 if self.max_frame_gap is None else min(self.max_frame_gap, num_frames - 1)
-                shortest = min(self.min_frame_gap or 1, longest)
+                shortest = min(min_gap or 1, longest)
                 gap = int(rng.integers(shortest, longest + 1))
                 first = int(rng.integers(0, num_frames - gap))
                 second = first + gap

@@ -74,6 +74,18 @@ def test_frame_gaps_reach_the_training_pairs_only(tiny_dataset) -> None:
     assert min(int(b["frame_index"].min()) for b in dm.val_dataloader()) == 0
     with pytest.raises(ValueError, match=r"min_frame_gap \(3\) must not exceed max_frame_gap \(2\)"):
         AnimationDataModule(root=str(tiny_dataset.root), min_frame_gap=3, max_frame_gap=2)
+    # A curriculum: the minimum holds for the first epoch only (the sampler carries the epoch).
+    dm = AnimationDataModule(root=str(tiny_dataset.root), batch_size=2, num_repeats=4, min_frame_gap=2,
+                             min_frame_gap_epochs=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    for epoch, near_pairs in ((0, False), (1, True)):
+        loader.sampler.set_epoch(epoch)
+        gaps = torch.cat([b["frame_index"] - b["source_frame_index"] for b in loader])
+        assert bool((gaps < 2).any()) is near_pairs
+    with pytest.raises(ValueError, match="min_frame_gap is not set"):
+        AnimationDataModule(root=str(tiny_dataset.root), min_frame_gap_epochs=2)
 
 
 def test_test_loaders_add_cross_pairs_when_pairs_csv_exists(tiny_dataset) -> None:

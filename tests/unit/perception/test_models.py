@@ -103,6 +103,26 @@ def test_min_frame_gap_gives_distant_pairs(unseen_heads: Path) -> None:
         VideoFolder(unseen_heads, "train", min_frame_gap=4, max_frame_gap=2)
 
 
+def test_min_frame_gap_epochs_is_a_curriculum(unseen_heads: Path) -> None:
+    curriculum = VideoFolder(unseen_heads, "train", min_frame_gap=5, min_frame_gap_epochs=2, num_repeats=4)
+    plain = VideoFolder(unseen_heads, "train", num_repeats=4)
+    n = len(curriculum)
+
+    def pairs(dataset: VideoFolder, epoch: int) -> list[tuple[int, int]]:
+        items = (dataset[epoch * n + i] for i in range(n))  # epoch-encoded indices, as EpochSampler's
+        return [(item["source_frame_index"], item["frame_index"]) for item in items]
+
+    for epoch in (0, 1):
+        assert min(b - a for a, b in pairs(curriculum, epoch)) >= 5
+    # From epoch 2 on, the very pairs of a dataset without the minimum (near ones included).
+    later = pairs(curriculum, 2)
+    assert later == pairs(plain, 2) and min(b - a for a, b in later) < 5
+    with pytest.raises(ValueError, match="min_frame_gap_epochs must be >= 1"):
+        VideoFolder(unseen_heads, "train", min_frame_gap=5, min_frame_gap_epochs=0)
+    with pytest.raises(ValueError, match="min_frame_gap is not set"):
+        VideoFolder(unseen_heads, "train", min_frame_gap_epochs=3)
+
+
 def test_identity_random_crop_keeps_content_and_is_off_at_zero() -> None:
     from animzoo.perception.identity.lightning_model import IdentityEmbedderModule
 
