@@ -209,6 +209,12 @@ class CrossAttentionAlignment(nn.Module):
             ``sqrt(C_qk)``), so even 2 hardly moves the initial attention off the identity.
         learn_motion_gain: learn the gain (a parameter) or keep it fixed (a buffer, still saved
             in the state dict).
+        relative_motion: not the paper's form. Queries are the positions plus the gain times
+            ``m_c - m_r`` (the change of the motion features at each position), keys the
+            positions alone. Where the two frames' motion features agree (the reference under
+            its own token) attention is the positions' alone, whatever the features hold, so
+            they can grow rich without disturbing the redraw; where they differ, the
+            difference moves the query's position, as a flow moves a sampling point.
 
     ``forward(m_c, m_r, f_r, patch=1)``: ``B x C_qk x H x W``, ``B x C_qk x H x W``,
     ``B x C_v x H x W`` -> ``B x C_v x H x W``; ``patch`` as in :func:`patch_attention`.
@@ -216,9 +222,11 @@ class CrossAttentionAlignment(nn.Module):
 
     def __init__(self, query_channels: int, value_channels: int, size: tuple[int, int], num_blocks: int = 4,
                  num_heads: int = 8, mlp_dim: int = 1024, initial_patch: int = 1,
-                 initial_self_logit: float = 16.0, motion_gain: float = 0.1, learn_motion_gain: bool = True) -> None:
+                 initial_self_logit: float = 16.0, motion_gain: float = 0.1, learn_motion_gain: bool = True,
+                 relative_motion: bool = False) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
+        self.relative_motion = bool(relative_motion)
         self.query_channels = query_channels
         self.value_channels = value_channels
         self.position = nn.Parameter(
@@ -240,8 +248,12 @@ class CrossAttentionAlignment(nn.Module):
                 f"CrossAttentionAlignment built for {self.size[0]}x{self.size[1]} maps got m_c {tuple(m_c.shape)}, "
                 f"m_r {tuple(m_r.shape)}, f_r {tuple(f_r.shape)}"
             )
-        q = self.motion_gain * _map_to_tokens(m_c) + self.position
-        k = self.motion_gain * _map_to_tokens(m_r) + self.position
+        if self.relative_motion:
+            q = self.motion_gain * _map_to_tokens(m_c - m_r) + self.position
+            k = self.position.expand(q.shape[0], -1, -1)
+        else:
+            q = self.motion_gain * _map_to_tokens(m_c) + self.position
+            k = self.motion_gain * _map_to_tokens(m_r) + self.position
         x = patch_attention(q, k, _map_to_tokens(f_r), self.size, patch=patch)
         for block in self.blocks:
             x = block(x, self.size, patch)

@@ -87,6 +87,7 @@ class AlignmentParams(TypedDict, total=False):
     initial_self_logit: float
     motion_gain: float
     learn_motion_gain: bool
+    relative_motion: bool
 
 
 class FrameDecoderParams(TypedDict, total=False):
@@ -112,7 +113,7 @@ DEFAULT_TOKEN_ENCODER: TokenEncoderParams = {"block_expansion": 64, "max_feature
 DEFAULT_TOKEN_DECODER: TokenDecoderParams = {"channels": [512, 512, 512, 256], "convs_per_level": 3}
 DEFAULT_ALIGNMENT: AlignmentParams = {
     "num_blocks": 4, "num_heads": 8, "mlp_dim": 1024, "max_attention_resolution": None, "initial_self_logit": 16.0,
-    "motion_gain": 0.1, "learn_motion_gain": True,
+    "motion_gain": 0.1, "learn_motion_gain": True, "relative_motion": False,
 }
 DEFAULT_FRAME_DECODER: FrameDecoderParams = {"channels": None, "num_res": 1}
 # 64, 128, 256, 512 channels on two scales (supplement: "two different scale patch discriminator").

@@ -212,9 +212,10 @@ class ImplicitMotionAlignment(nn.Module):
             patch attention at this side (:func:`~animzoo.nn.attention.patch_attention`), which
             bounds the attention map at ``max_attention_resolution**4`` entries. None: no cap.
             A run-time setting (same parameters); set the attribute to change it.
-        initial_self_logit, motion_gain, learn_motion_gain: how sharply the alignment starts at
-            the identity motion, and the gain on the motion features
-            (:class:`~animzoo.nn.attention.CrossAttentionAlignment`).
+        initial_self_logit, motion_gain, learn_motion_gain, relative_motion: how sharply the
+            alignment starts at the identity motion, the gain on the motion features, and whether
+            the queries carry their change from the reference instead of the paper's absolute
+            features (:class:`~animzoo.nn.attention.CrossAttentionAlignment`).
 
     ``forward(m_c, m_r, f_r)``: three lists (coarse to fine) -> aligned features, coarse to fine.
     The scales run one after the other, so at most one scale's attention is alive in a forward pass.
@@ -223,7 +224,7 @@ class ImplicitMotionAlignment(nn.Module):
     def __init__(self, query_channels: Sequence[int], value_channels: Sequence[int], sizes: Sequence[int],
                  num_blocks: int = 4, num_heads: int = 8, mlp_dim: int = 1024,
                  max_attention_resolution: int | None = None, initial_self_logit: float = 16.0,
-                 motion_gain: float = 0.1, learn_motion_gain: bool = True) -> None:
+                 motion_gain: float = 0.1, learn_motion_gain: bool = True, relative_motion: bool = False) -> None:
         super().__init__()
         if not len(query_channels) == len(value_channels) == len(sizes):
             raise ValueError("query_channels, value_channels and sizes need one entry per scale")
@@ -232,7 +233,7 @@ class ImplicitMotionAlignment(nn.Module):
         self.levels = nn.ModuleList(
             CrossAttentionAlignment(q, v, (s, s), num_blocks, num_heads, mlp_dim, initial_patch=self.patch_size(s),
                                     initial_self_logit=initial_self_logit, motion_gain=motion_gain,
-                                    learn_motion_gain=learn_motion_gain)
+                                    learn_motion_gain=learn_motion_gain, relative_motion=relative_motion)
             for q, v, s in zip(query_channels, value_channels, self.sizes)
         )
 

@@ -178,6 +178,22 @@ def test_motion_gain_recipe_keys_reach_every_scale() -> None:
                     lr_multipliers={"alignment.levels.*.motion_gain": 10.0}).configure_optimizers()
 
 
+def test_relative_motion_reaches_every_scale_and_frees_the_redraw_from_the_tokens() -> None:
+    torch.manual_seed(0)
+    model = small_model(alignment={"num_blocks": 1, "num_heads": 2, "mlp_dim": 16, "relative_motion": True,
+                                   "motion_gain": 10.0}).eval()
+    assert all(level.relative_motion for level in model.alignment.levels)
+    reference = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        tokens = model.encode_tokens(reference)
+        still = model.decode(reference, tokens)["prediction"]
+        for parameter in model.token_decoder.parameters():  # any other motion features
+            parameter.add_(torch.randn_like(parameter))
+        torch.testing.assert_close(model.decode(reference, tokens)["prediction"], still)
+        animated = model.decode(reference, tokens + torch.randn_like(tokens))["prediction"]
+    assert (animated - still).abs().max() > 1e-3  # another token does move it (untrained: a little)
+
+
 def test_reference_reconstructs_from_its_own_token_after_training() -> None:
     # Self-reconstruction (the identity motion) is the case IMF must get right. Trained the usual
     # way (random frame pairs of a clip) it becomes near exact: well under the 0.0084 that the

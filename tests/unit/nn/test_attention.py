@@ -211,3 +211,22 @@ def test_motion_gain_sets_how_much_the_motion_features_move_attention_and_can_be
     assert dict(learned.named_parameters())["motion_gain"].requires_grad
     with torch.no_grad():
         torch.testing.assert_close(fixed(m_c, m_r, f_r), learned(m_c, m_r, f_r))
+
+
+def test_relative_motion_ignores_shared_features_and_moves_queries_by_their_change() -> None:
+    torch.manual_seed(0)
+    align = CrossAttentionAlignment(32, 8, (16, 16), num_blocks=0, motion_gain=1.0, relative_motion=True,
+                                    initial_self_logit=64.0)
+    f_r = F.interpolate(torch.randn(1, 8, 4, 4), size=(16, 16), mode="bicubic", align_corners=True)
+    m_a, m_b = 3 * torch.randn(1, 32, 16, 16), 3 * torch.randn(1, 32, 16, 16)
+    with torch.no_grad():
+        # The reference under its own token: the same output whatever the features hold.
+        still = align(m_a, m_a, f_r)
+        torch.testing.assert_close(align(m_b, m_b, f_r), still)
+        # A change equal to the offset to the left neighbour's position makes every query read
+        # one column to the left: the features come out moved one column right.
+        position = align.position.detach().reshape(16, 16, 32).permute(2, 0, 1)[None]
+        offset = torch.roll(position, 1, dims=-1) - position
+        moved = align(m_a + offset, m_a, f_r)
+    expected = torch.roll(still, 1, dims=-1)
+    assert (moved - expected)[..., 1:].abs().mean() < 0.1 * (still - expected)[..., 1:].abs().mean()
