@@ -75,6 +75,7 @@ class TokenDecoderParams(TypedDict, total=False):
 
     channels: list[int]
     convs_per_level: int
+    input_features: str
 
 
 class AlignmentParams(TypedDict, total=False):
@@ -110,7 +111,7 @@ class LossWeights(TypedDict, total=False):
 # The paper's 256 px model (supplement Fig. 1, reference notes (d)).
 DEFAULT_DENSE_ENCODER: DenseEncoderParams = {"stem_channels": 64, "channels": [64, 128, 256, 512, 512], "num_levels": 4, "num_res": 2}
 DEFAULT_TOKEN_ENCODER: TokenEncoderParams = {"block_expansion": 64, "max_features": 512, "mlp_dim": 512, "mlp_layers": 4}
-DEFAULT_TOKEN_DECODER: TokenDecoderParams = {"channels": [512, 512, 512, 256], "convs_per_level": 3}
+DEFAULT_TOKEN_DECODER: TokenDecoderParams = {"channels": [512, 512, 512, 256], "convs_per_level": 3, "input_features": "constant"}
 DEFAULT_ALIGNMENT: AlignmentParams = {
     "num_blocks": 4, "num_heads": 8, "mlp_dim": 1024, "max_attention_resolution": None, "initial_self_logit": 16.0,
     "motion_gain": 0.1, "learn_motion_gain": True, "relative_motion": False,

@@ -33,6 +33,7 @@ from animzoo.nn.stylegan import ConvLayer, EqualConv2d, EqualLinear, StyledConv,
 __all__ = [
     "DenseFeatureEncoder",
     "DownConvResBlock",
+    "FourierInput",
     "FrameDecoder",
     "ImplicitMotionAlignment",
     "LatentTokenDecoder",
@@ -160,6 +161,40 @@ class LatentTokenEncoder(nn.Module):
         return self.head(self.mlp(F.leaky_relu(out, 0.2)))
 
 
+class FourierInput(nn.Module):
+    """StyleGAN3's input layer: Fourier features of the map's coordinates, moved by an affine
+    transform that a linear layer reads off the token.
+
+    ``channels`` fixed random frequencies (a seeded draw, saved with the model) inside a disc of
+    radius ``size / 4`` cycles per unit (coordinates span [-1, 1]: the grid's Nyquist limit) and
+    random phases give ``sin(2 pi f . (A x + b) + phase)``. ``A x + b`` starts as the identity for
+    every token (zero weights, identity bias), so the layer starts as a constant input.
+
+    ``forward(token: B x token_dim)`` -> ``B x channels x size x size``.
+    """
+
+    def __init__(self, token_dim: int, channels: int, size: int, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        angle = 2 * torch.pi * torch.rand(channels, generator=generator)
+        radius = (size / 4) * torch.rand(channels, generator=generator).sqrt()  # uniform over the disc
+        self.register_buffer("frequencies", torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1))
+        self.register_buffer("phases", 2 * torch.pi * torch.rand(channels, generator=generator))
+        axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # cell centres
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("grid", torch.stack([xs, ys], dim=-1))  # size x size x 2
+        self.affine = nn.Linear(token_dim, 6)
+        nn.init.zeros_(self.affine.weight)
+        with torch.no_grad():
+            self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+    def forward(self, token: Tensor) -> Tensor:
+        affine = self.affine(token).view(-1, 2, 3)
+        coords = torch.einsum("bij,hwj->bhwi", affine[:, :, :2], self.grid) + affine[:, None, None, :, 2]
+        angles = 2 * torch.pi * coords @ self.frequencies.T + self.phases  # B x size x size x channels
+        return torch.sin(angles).permute(0, 3, 1, 2)
+
+
 class LatentTokenDecoder(nn.Module):
     """IMF_D: a latent token (``B x token_dim``) to multi-scale motion features.
 
@@ -167,16 +202,27 @@ class LatentTokenDecoder(nn.Module):
     on it, then per entry of ``channels`` three styled convolutions (the first doubles the size).
     The paper: ``const_size`` 4, ``channels`` 512, 512, 512, 256, giving 8, 16, 32 and 64 px maps.
 
+    ``input_features="fourier"`` (not the paper's) replaces the constant by :class:`FourierInput`,
+    StyleGAN3's input: the token also moves the input's coordinates, and the convolutions carry a
+    moved input to moved motion features, so a pose change can move the feature maps directly
+    instead of being learned as a re-weighting of a fixed layout.
+
     ``forward(t)`` -> ``len(channels)`` maps ``B x channels[i] x const_size * 2**(i+1)``, coarse to fine.
     """
 
     def __init__(self, token_dim: int = 32, const_size: int = 4, channels: Sequence[int] = (512, 512, 512, 256),
-                 convs_per_level: int = 3) -> None:
+                 convs_per_level: int = 3, input_features: str = "constant") -> None:
         super().__init__()
         self.channels = [int(c) for c in channels]
         self.token_dim = int(token_dim)
         self.const_size = int(const_size)
-        self.const = nn.Parameter(torch.randn(1, self.channels[0], const_size, const_size))
+        if input_features not in ("constant", "fourier"):
+            raise ValueError(f"input_features must be 'constant' or 'fourier', got {input_features!r}")
+        self.input_features = input_features
+        if input_features == "constant":
+            self.const = nn.Parameter(torch.randn(1, self.channels[0], const_size, const_size))
+        else:
+            self.fourier = FourierInput(token_dim, self.channels[0], const_size)
         self.first = StyledConv(self.channels[0], self.channels[0], 3, token_dim)
         self.levels = nn.ModuleList()
         cin = self.channels[0]
@@ -190,7 +236,11 @@ class LatentTokenDecoder(nn.Module):
         return [self.const_size * 2 ** (i + 1) for i in range(len(self.channels))]
 
     def forward(self, token: Tensor) -> list[Tensor]:
-        out = self.first(self.const.expand(token.shape[0], -1, -1, -1), token)
+        if self.input_features == "constant":
+            start = self.const.expand(token.shape[0], -1, -1, -1)
+        else:
+            start = self.fourier(token)
+        out = self.first(start, token)
         maps = []
         for convs in self.levels:
             for conv in convs:

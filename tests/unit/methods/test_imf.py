@@ -194,6 +194,34 @@ def test_relative_motion_reaches_every_scale_and_frees_the_redraw_from_the_token
     assert (animated - still).abs().max() > 1e-3  # another token does move it (untrained: a little)
 
 
+def test_fourier_input_moves_the_motion_features_with_the_tokens_affine() -> None:
+    from animzoo.methods.imf.torch_model import FourierInput, LatentTokenDecoder
+
+    torch.manual_seed(0)
+    layer = FourierInput(token_dim=8, channels=16, size=8)
+    tokens = torch.randn(3, 8)
+    with torch.no_grad():
+        start = layer(tokens)
+        torch.testing.assert_close(start[1:], start[:1].expand(2, -1, -1, -1))  # the identity for every token
+        layer.affine.bias[2] += 2 / 8  # x moved by one cell of the 8 x 8 grid
+        torch.testing.assert_close(layer(tokens)[..., :-1], start[..., 1:])  # the features read one column on
+    # Through the styled convolutions: a move of one input cell moves every scale's maps with it
+    # (compared away from the borders, where zero padding differs).
+    decoder = LatentTokenDecoder(token_dim=8, const_size=8, channels=[8, 8], convs_per_level=2, input_features="fourier")
+    with torch.no_grad():
+        maps = decoder(tokens)
+        decoder.fourier.affine.bias[2] += 2 / 8
+        moved = decoder(tokens)
+    for before, after in zip(maps, moved):
+        width = before.shape[-1]
+        step, margin = width // 8, width // 4  # output pixels per input cell; border left out
+        inside = after[..., margin:width - margin]
+        followed = (inside - before[..., margin + step:width - margin + step]).abs().mean()
+        assert followed < 0.2 * (inside - before[..., margin:width - margin]).abs().mean()
+    with pytest.raises(ValueError, match="input_features"):
+        LatentTokenDecoder(token_dim=8, input_features="noise")
+
+
 def test_reference_reconstructs_from_its_own_token_after_training() -> None:
     # Self-reconstruction (the identity motion) is the case IMF must get right. Trained the usual
     # way (random frame pairs of a clip) it becomes near exact: well under the 0.0084 that the
