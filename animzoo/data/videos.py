@@ -346,7 +346,8 @@ class VideoFolder(Dataset):
     drawn uniformly, e.g. nearby frames for a tracking loss or distant ones so that redrawing the
     source is a poor guess; a video too short for ``min_frame_gap`` gives its first and last
     frame; with ``min_frame_gap_epochs = N`` the minimum holds in epochs 0 to N - 1 only, and later
-    epochs draw pairs as if it were not set: a curriculum of distant pairs first). The choice is a pure function of ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
+    epochs draw pairs as if it were not set: a curriculum of distant pairs first). The choice is a
+    pure function of ``(seed, epoch, i)``; indices from :class:`EpochSampler` carry the epoch
     (``epoch * len(self) + i``).
 
     ``mode="reconstruction"`` (test protocol of first-order-model): source = frame 0 of a
