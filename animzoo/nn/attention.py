@@ -215,6 +215,9 @@ class CrossAttentionAlignment(nn.Module):
             its own token) attention is the positions' alone, whatever the features hold, so
             they can grow rich without disturbing the redraw; where they differ, the
             difference moves the query's position, as a flow moves a sampling point.
+        passthrough_channels: the last this many channels of ``f_r`` are aligned by the attention
+            but skip the transformer blocks (IMF's image skip: the reference's pixels, which the
+            blocks, built for features, must not remix); the blocks see the other channels.
 
     ``forward(m_c, m_r, f_r, patch=1)``: ``B x C_qk x H x W``, ``B x C_qk x H x W``,
     ``B x C_v x H x W`` -> ``B x C_v x H x W``; ``patch`` as in :func:`patch_attention`.
@@ -223,9 +226,12 @@ class CrossAttentionAlignment(nn.Module):
     def __init__(self, query_channels: int, value_channels: int, size: tuple[int, int], num_blocks: int = 4,
                  num_heads: int = 8, mlp_dim: int = 1024, initial_patch: int = 1,
                  initial_self_logit: float = 16.0, motion_gain: float = 0.1, learn_motion_gain: bool = True,
-                 relative_motion: bool = False) -> None:
+                 relative_motion: bool = False, passthrough_channels: int = 0) -> None:
         super().__init__()
+        if not 0 <= passthrough_channels < value_channels:
+            raise ValueError(f"passthrough_channels={passthrough_channels} must be in [0, {value_channels})")
         self.size = (int(size[0]), int(size[1]))
+        self.passthrough_channels = int(passthrough_channels)
         self.relative_motion = bool(relative_motion)
         self.query_channels = query_channels
         self.value_channels = value_channels
@@ -238,7 +244,8 @@ class CrossAttentionAlignment(nn.Module):
         else:
             self.register_buffer("motion_gain", gain)
         self.blocks = nn.ModuleList(
-            TransformerBlock(value_channels, num_heads, mlp_dim, zero_init=True) for _ in range(num_blocks)
+            TransformerBlock(value_channels - self.passthrough_channels, num_heads, mlp_dim, zero_init=True)
+            for _ in range(num_blocks)
         )
 
     def forward(self, m_c: Tensor, m_r: Tensor, f_r: Tensor, patch: int = 1) -> Tensor:
@@ -255,6 +262,7 @@ class CrossAttentionAlignment(nn.Module):
             q = self.motion_gain * _map_to_tokens(m_c) + self.position
             k = self.motion_gain * _map_to_tokens(m_r) + self.position
         x = patch_attention(q, k, _map_to_tokens(f_r), self.size, patch=patch)
+        x, passed = x.split([x.shape[-1] - self.passthrough_channels, self.passthrough_channels], dim=-1)
         for block in self.blocks:
             x = block(x, self.size, patch)
-        return _tokens_to_map(x, self.size)
+        return _tokens_to_map(torch.cat([x, passed], dim=-1), self.size)

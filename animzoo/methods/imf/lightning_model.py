@@ -93,10 +93,13 @@ class AlignmentParams(TypedDict, total=False):
 
 class FrameDecoderParams(TypedDict, total=False):
     """Recipe keys of :class:`~animzoo.methods.imf.torch_model.FrameDecoder` (D_F); ``channels``
-    defaults to the dense encoder's in reverse."""
+    defaults to the dense encoder's in reverse. ``image_skip`` (not the paper's, off by default):
+    the reference's pixels travel with the finest dense features through the attention (past its
+    transformer blocks) and D_F draws a correction to them."""
 
     channels: list[int] | None
     num_res: int
+    image_skip: bool
 
 
 class LossWeights(TypedDict, total=False):
@@ -116,7 +119,7 @@ DEFAULT_ALIGNMENT: AlignmentParams = {
     "num_blocks": 4, "num_heads": 8, "mlp_dim": 1024, "max_attention_resolution": None, "initial_self_logit": 16.0,
     "motion_gain": 0.1, "learn_motion_gain": True, "relative_motion": False,
 }
-DEFAULT_FRAME_DECODER: FrameDecoderParams = {"channels": None, "num_res": 1}
+DEFAULT_FRAME_DECODER: FrameDecoderParams = {"channels": None, "num_res": 1, "image_skip": False}
 # 64, 128, 256, 512 channels on two scales (supplement: "two different scale patch discriminator").
 DEFAULT_DISCRIMINATOR: DiscriminatorParams = {
     "scales": [1.0, 0.5], "block_expansion": 32, "max_features": 512, "num_blocks": 4, "sn": True,
@@ -239,9 +242,17 @@ class IMF(AnimationModule):
         )
         self.token_decoder = LatentTokenDecoder(token_dim=self.token_dim, const_size=coarsest // 2, **self.token_decoder_params)
         sizes = [coarsest * 2**i for i in range(num_levels)]
+        # frame_decoder.image_skip: the reference's pixels ride along with the finest dense
+        # features (pixel-unshuffled to that scale), moved by the attention, past its blocks.
+        self.image_skip = bool(self.frame_decoder_params["image_skip"])
+        value_channels = list(self.dense_encoder.level_channels)
+        passthrough = [0] * num_levels
+        if self.image_skip:
+            passthrough[-1] = num_channels * (self.image_size // sizes[-1]) ** 2
+            value_channels[-1] += passthrough[-1]
         self.alignment = ImplicitMotionAlignment(
-            query_channels=self.token_decoder.channels, value_channels=self.dense_encoder.level_channels, sizes=sizes,
-            **self.alignment_params,
+            query_channels=self.token_decoder.channels, value_channels=value_channels, sizes=sizes,
+            passthrough_channels=passthrough, **self.alignment_params,
         )
         decoder_channels = self.frame_decoder_params["channels"] or self.dense_params["channels"][::-1]
         if len(decoder_channels) != len(self.dense_params["channels"]):
@@ -250,7 +261,7 @@ class IMF(AnimationModule):
                 f"dense encoder block, back to the image size), got {decoder_channels}"
             )
         self.frame_decoder = FrameDecoder(
-            self.dense_encoder.level_channels, decoder_channels, num_channels, self.frame_decoder_params["num_res"]
+            value_channels, decoder_channels, num_channels, self.frame_decoder_params["num_res"], self.image_skip
         )
         self.discriminator = MultiScaleDiscriminator(num_channels=num_channels, kp_conditioning=False, **self.disc_params)
         self.perceptual = PerceptualPyramidLoss(perceptual_scales, self.loss_weights["perceptual"], perceptual_weights)
@@ -311,7 +322,10 @@ class IMF(AnimationModule):
         motion = self.token_decoder(torch.cat([reference_tokens, tokens]))
         m_r = [m[:n] for m in motion]
         m_c = [m[n:] for m in motion]
-        aligned = self.alignment(m_c, m_r, self.dense_encoder(reference))
+        dense = self.dense_encoder(reference)
+        if self.image_skip:
+            dense[-1] = torch.cat([dense[-1], FrameDecoder.image_to_level(reference, dense[-1].shape[-1])], dim=1)
+        aligned = self.alignment(m_c, m_r, dense)
         return {"prediction": self.frame_decoder(aligned), "tokens": tokens, "reference_tokens": reference_tokens}
 
     def decode(self, reference: Tensor, tokens: Tensor, reference_tokens: Tensor | None = None) -> dict[str, Any]:

@@ -15,7 +15,9 @@ channels, and motion features of 512, 512, 512 and 256 channels.
   :class:`~animzoo.nn.attention.CrossAttentionAlignment` per scale, run one scale after the
   other, with an optional cap on the finest scale attention runs at (``max_attention_resolution``).
 * :class:`FrameDecoder` (D_F): :class:`UpConvResBlock` per E_F level back to the image size,
-  concatenating the aligned features of each finer scale, then a 3x3 convolution and a sigmoid.
+  concatenating the aligned features of each finer scale, then a 3x3 convolution and a sigmoid;
+  with ``image_skip`` (not the paper's) a correction to the reference's pixels, moved by the
+  finest scale's attention.
 """
 
 from __future__ import annotations
@@ -266,6 +268,8 @@ class ImplicitMotionAlignment(nn.Module):
             alignment starts at the identity motion, the gain on the motion features, and whether
             the queries carry their change from the reference instead of the paper's absolute
             features (:class:`~animzoo.nn.attention.CrossAttentionAlignment`).
+        passthrough_channels: per scale, how many of the last value channels skip the
+            transformer blocks (IMF's image skip sets it at the finest scale); None: none.
 
     ``forward(m_c, m_r, f_r)``: three lists (coarse to fine) -> aligned features, coarse to fine.
     The scales run one after the other, so at most one scale's attention is alive in a forward pass.
@@ -274,17 +278,20 @@ class ImplicitMotionAlignment(nn.Module):
     def __init__(self, query_channels: Sequence[int], value_channels: Sequence[int], sizes: Sequence[int],
                  num_blocks: int = 4, num_heads: int = 8, mlp_dim: int = 1024,
                  max_attention_resolution: int | None = None, initial_self_logit: float = 16.0,
-                 motion_gain: float = 0.1, learn_motion_gain: bool = True, relative_motion: bool = False) -> None:
+                 motion_gain: float = 0.1, learn_motion_gain: bool = True, relative_motion: bool = False,
+                 passthrough_channels: Sequence[int] | None = None) -> None:
         super().__init__()
-        if not len(query_channels) == len(value_channels) == len(sizes):
-            raise ValueError("query_channels, value_channels and sizes need one entry per scale")
+        passthrough_channels = [0] * len(sizes) if passthrough_channels is None else list(passthrough_channels)
+        if not len(query_channels) == len(value_channels) == len(sizes) == len(passthrough_channels):
+            raise ValueError("query_channels, value_channels, sizes and passthrough_channels need one entry per scale")
         self.sizes = [int(s) for s in sizes]
         self.max_attention_resolution = max_attention_resolution
         self.levels = nn.ModuleList(
             CrossAttentionAlignment(q, v, (s, s), num_blocks, num_heads, mlp_dim, initial_patch=self.patch_size(s),
                                     initial_self_logit=initial_self_logit, motion_gain=motion_gain,
-                                    learn_motion_gain=learn_motion_gain, relative_motion=relative_motion)
-            for q, v, s in zip(query_channels, value_channels, self.sizes)
+                                    learn_motion_gain=learn_motion_gain, relative_motion=relative_motion,
+                                    passthrough_channels=p)
+            for q, v, s, p in zip(query_channels, value_channels, self.sizes, passthrough_channels)
         )
 
     @property
@@ -318,12 +325,25 @@ class FrameDecoder(nn.Module):
     blocks the aligned features of that scale are concatenated and a feature residual block runs
     on the result. A 3x3 convolution and a sigmoid give the frame.
 
+    ``image_skip`` (not the paper's): the finest aligned map ends with the reference's pixels,
+    moved by the attention like the features (``num_channels * r * r`` channels, the image
+    pixel-unshuffled by ``r`` = image side / finest side; see :meth:`image_to_level`). The frame is
+    then ``sigmoid(logit(moved pixels) + conv(...))`` with the last convolution starting at zero:
+    the decoder draws a correction to the moved reference instead of the whole frame, so a static
+    background is redrawn exactly from the first step (the source copy, as warping methods start
+    from) and the pixel loss reaches the attention directly through the moved pixels.
+
     ``forward(aligned)`` -> ``B x num_channels x H x W`` in (0, 1).
     """
 
+    #: moved pixels are clamped to [eps, 1 - eps] before the logit (an error of at most eps).
+    eps = 1e-3
+
     def __init__(self, level_channels: Sequence[int], channels: Sequence[int] = (512, 512, 256, 128, 64),
-                 num_channels: int = 3, num_res: int = 1) -> None:
+                 num_channels: int = 3, num_res: int = 1, image_skip: bool = False) -> None:
         super().__init__()
+        self.num_channels = int(num_channels)
+        self.image_skip = bool(image_skip)
         level_channels = [int(c) for c in level_channels]
         if len(channels) < len(level_channels) - 1:
             raise ValueError("FrameDecoder needs at least one up block per finer scale")
@@ -338,6 +358,17 @@ class FrameDecoder(nn.Module):
                 cin = cout + level_channels[i + 1]
                 self.fuse.append(ResBlock2d(cin))
         self.out = nn.Conv2d(cin, num_channels, 3, padding=1)
+        if self.image_skip:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    @staticmethod
+    def image_to_level(image: Tensor, size: int) -> Tensor:
+        """The image (``B x C x H x H``) as channels of a ``size x size`` map: pixel-unshuffled by
+        ``H / size`` (``B x C r^2 x size x size``), so that moving a cell moves its pixels."""
+        if image.shape[-1] % size or image.shape[-2] != image.shape[-1]:
+            raise ValueError(f"image_to_level: a {tuple(image.shape[-2:])} image does not split into {size}x{size} cells")
+        return F.pixel_unshuffle(image, image.shape[-1] // size)
 
     def forward(self, aligned: Sequence[Tensor]) -> Tensor:
         out = aligned[0]
@@ -345,4 +376,8 @@ class FrameDecoder(nn.Module):
             out = up(out)
             if i < self.num_skips:
                 out = self.fuse[i](torch.cat([out, aligned[i + 1]], dim=1))
-        return torch.sigmoid(self.out(out))
+        if not self.image_skip:
+            return torch.sigmoid(self.out(out))
+        factor = out.shape[-1] // aligned[-1].shape[-1]
+        moved = F.pixel_shuffle(aligned[-1][:, -self.num_channels * factor**2:], factor)
+        return torch.sigmoid(torch.logit(moved.clamp(self.eps, 1 - self.eps)) + self.out(out))

@@ -222,6 +222,41 @@ def test_fourier_input_moves_the_motion_features_with_the_tokens_affine() -> Non
         LatentTokenDecoder(token_dim=8, input_features="noise")
 
 
+@pytest.mark.parametrize("num_levels", [4, 3])  # finest scale 32 px (the image's) or 16 px (2 x 2 cells)
+def test_image_skip_starts_as_the_source_copy_and_lets_the_pixel_loss_reach_the_attention(num_levels: int) -> None:
+    # With a sharp identity start (self-logit 32) the frame is the moved reference, whatever the
+    # driving frame; without the skip the untrained decoder draws a grey blur. Attention capped at
+    # 8 x 8 as in the recipe (16 query channels hold 4 frequencies per axis: enough for 8 x 8).
+    channels = [16, 16, 16, 16][:num_levels]
+    kwargs = {
+        "dense_encoder": {"stem_channels": 4, "channels": [8, 16, 16], "num_levels": num_levels, "num_res": 1},
+        "token_decoder": {"channels": channels, "convs_per_level": 2},
+        "alignment": {"num_blocks": 1, "num_heads": 2, "mlp_dim": 16, "initial_self_logit": 32.0, "motion_gain": 1.0,
+                      "max_attention_resolution": 8},
+    }
+    reference = F.interpolate(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)), size=SIZE, mode="bilinear")
+    driving = frames(seed=1)
+    torch.manual_seed(0)
+    plain = small_model(**kwargs).eval()
+    torch.manual_seed(0)
+    model = small_model(**kwargs, frame_decoder={"num_res": 0, "image_skip": True}).eval()
+    assert model.alignment.levels[-1].passthrough_channels == 3 * (SIZE // model.alignment.sizes[-1]) ** 2
+    with torch.no_grad():
+        copied = model.animate({"source": reference, "driving": driving})["prediction"]
+        drawn = plain.animate({"source": reference, "driving": driving})["prediction"]
+    assert F.l1_loss(copied, reference) < 2e-3
+    assert F.l1_loss(drawn, reference) > 0.05
+    # The pixel loss reaches the finest scale's motion features through the moved pixels alone:
+    # with the decoder's convolutions frozen at zero, only the skip carries a gradient back.
+    model.train()
+    loss = F.l1_loss(model.animate({"source": reference, "driving": driving})["prediction"], driving)
+    loss.backward()
+    assert model.alignment.levels[-1].motion_gain.grad.abs() > 0
+    assert model.frame_decoder.out.weight.grad.abs().sum() > 0  # and the correction starts to learn
+    with pytest.raises(ValueError, match="does not split"):
+        model.frame_decoder.image_to_level(torch.rand(1, 3, 30, 30), 8)
+
+
 def test_reference_reconstructs_from_its_own_token_after_training() -> None:
     # Self-reconstruction (the identity motion) is the case IMF must get right. Trained the usual
     # way (random frame pairs of a clip) it becomes near exact: well under the 0.0084 that the

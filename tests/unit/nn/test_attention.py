@@ -230,3 +230,22 @@ def test_relative_motion_ignores_shared_features_and_moves_queries_by_their_chan
         moved = align(m_a + offset, m_a, f_r)
     expected = torch.roll(still, 1, dims=-1)
     assert (moved - expected)[..., 1:].abs().mean() < 0.1 * (still - expected)[..., 1:].abs().mean()
+
+
+def test_passthrough_channels_are_moved_by_the_attention_but_skip_the_blocks() -> None:
+    torch.manual_seed(0)
+    align = CrossAttentionAlignment(32, 11, (8, 8), num_blocks=1, num_heads=4, mlp_dim=16, motion_gain=1.0,
+                                    passthrough_channels=3)
+    assert align.blocks[0].norm1.normalized_shape == (8,)  # the blocks see the 8 feature channels
+    m_c, m_r, f_r = torch.randn(1, 32, 8, 8), torch.randn(1, 32, 8, 8), torch.randn(1, 11, 8, 8)
+    with torch.no_grad():
+        for parameter in align.blocks.parameters():  # blocks that do something
+            parameter.add_(torch.randn_like(parameter))
+        out = align(m_c, m_r, f_r)
+        q = _tokens(align.motion_gain * m_c) + align.position
+        k = _tokens(align.motion_gain * m_r) + align.position
+        attended = naive_attention(q, k, _tokens(f_r)).transpose(1, 2).reshape(1, 11, 8, 8)
+    torch.testing.assert_close(out[:, 8:], attended[:, 8:])  # the pixels: attention alone
+    assert (out[:, :8] - attended[:, :8]).abs().mean() > 0.1  # the features: refined by the blocks
+    with pytest.raises(ValueError, match="passthrough_channels"):
+        CrossAttentionAlignment(32, 8, (8, 8), num_blocks=1, num_heads=2, passthrough_channels=8)
