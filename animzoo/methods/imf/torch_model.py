@@ -367,7 +367,9 @@ class FrameDecoder(nn.Module):
         """The image (``B x C x H x H``) as channels of a ``size x size`` map: pixel-unshuffled by
         ``H / size`` (``B x C r^2 x size x size``), so that moving a cell moves its pixels."""
         if image.shape[-1] % size or image.shape[-2] != image.shape[-1]:
-            raise ValueError(f"image_to_level: a {tuple(image.shape[-2:])} image does not split into {size}x{size} cells")
+            raise ValueError(
+                f"image_to_level: a {tuple(image.shape[-2:])} image does not split into {size}x{size} cells"
+            )
         return F.pixel_unshuffle(image, image.shape[-1] // size)
 
     def forward(self, aligned: Sequence[Tensor]) -> Tensor:

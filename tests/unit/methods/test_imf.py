@@ -234,7 +234,9 @@ def test_image_skip_starts_as_the_source_copy_and_lets_the_pixel_loss_reach_the_
         "alignment": {"num_blocks": 1, "num_heads": 2, "mlp_dim": 16, "initial_self_logit": 32.0, "motion_gain": 1.0,
                       "max_attention_resolution": 8},
     }
-    reference = F.interpolate(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)), size=SIZE, mode="bilinear")
+    # A smooth reference: the little weight left on neighbouring cells changes it little.
+    coarse = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    reference = F.interpolate(coarse, size=SIZE, mode="bilinear")
     driving = frames(seed=1)
     torch.manual_seed(0)
     plain = small_model(**kwargs).eval()
