@@ -262,7 +262,10 @@ class CrossAttentionAlignment(nn.Module):
             q = self.motion_gain * _map_to_tokens(m_c) + self.position
             k = self.motion_gain * _map_to_tokens(m_r) + self.position
         x = patch_attention(q, k, _map_to_tokens(f_r), self.size, patch=patch)
-        x, passed = x.split([x.shape[-1] - self.passthrough_channels, self.passthrough_channels], dim=-1)
+        if self.passthrough_channels:
+            x, passed = x.split([x.shape[-1] - self.passthrough_channels, self.passthrough_channels], dim=-1)
         for block in self.blocks:
             x = block(x, self.size, patch)
-        return _tokens_to_map(torch.cat([x, passed], dim=-1), self.size)
+        if self.passthrough_channels:
+            x = torch.cat([x, passed], dim=-1)
+        return _tokens_to_map(x, self.size)
